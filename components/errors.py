@@ -1,0 +1,25 @@
+"""Error types shared by the steps. Each message says what was expected and what was found."""
+
+
+class ProjectError(Exception):
+    """Base class: an error the user can act on (the CLI prints it without a traceback)."""
+
+
+class DataError(ProjectError):
+    """Raw or prepared data is missing, malformed or inconsistent."""
+
+
+class StoreError(ProjectError):
+    """A store URI or key is invalid, or a store operation failed."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost: the object exists already or changed since it was read."""
+
+
+class ModelFormatError(ProjectError):
+    """A model-version folder is incomplete, tampered with, or describes an unknown model."""
+
+
+class TrainingError(ProjectError):
+    """A training job failed; the message names the failing rank and its last log lines."""

@@ -1,0 +1,210 @@
+"""One store interface for data, checkpoints and models, with a local-folder backend.
+
+A store URI names a root; everything below it is addressed by a relative, ``/``-separated key.
+
+- a local path or ``file:///abs/path``: :class:`LocalStore` (the embedded default);
+- ``https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]``: Azure Blob (added with the Blob backend).
+
+Connection strings and keys never appear in a URI: credentials come from the environment.
+Writes are atomic (a reader sees the old object or the new one, never half of one), and two
+conditional operations give the registry its guarantees: :meth:`Store.create_exclusive`
+(write only if absent) and :meth:`Store.write_if_match` (compare-and-swap on an ETag).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from components.errors import ConflictError, StoreError
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key, else raise :class:`StoreError`."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"expected a relative key like 'models/name/file.json', got {key!r}")
+    return key
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts with '/', ignoring empty parts and stray slashes."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store(ABC):
+    """Where data, checkpoints and model versions live."""
+
+    uri: str
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Return the object's bytes; raise :class:`StoreError` when it does not exist."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Create or replace the object atomically."""
+
+    @abstractmethod
+    def upload_file(self, key: str, path: Path) -> None:
+        """Copy a local file to the object, streaming, atomically."""
+
+    @abstractmethod
+    def download_file(self, key: str, path: Path) -> None:
+        """Copy the object to a local file, streaming."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (recursively), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists."""
+
+    @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write the object only if it does not exist; return whether this call created it."""
+
+    @abstractmethod
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """Return ``(data, etag)``, or ``None`` when the object does not exist."""
+
+    @abstractmethod
+    def write_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        """Replace the object only if its ETag is still ``etag`` (``None``: only if absent).
+
+        Returns the new ETag; raises :class:`ConflictError` when another writer got there first.
+        """
+
+    def download_prefix(self, prefix: str, dest: Path) -> list[Path]:
+        """Download every object under ``prefix`` into ``dest``, keeping relative paths."""
+        paths = []
+        for key in self.list(prefix):
+            target = dest / key[len(prefix) :].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.download_file(key, target)
+            paths.append(target)
+        return paths
+
+
+class LocalStore(Store):
+    """A folder on the local file system; atomic by write-to-temp-then-rename."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"no object {key!r} in store {self.uri}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._atomic_target(key) as tmp:
+            tmp.write_bytes(data)
+
+    def upload_file(self, key: str, path: Path) -> None:
+        with self._atomic_target(key) as tmp:
+            shutil.copyfile(path, tmp)
+
+    def download_file(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            raise StoreError(f"no object {key!r} in store {self.uri}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return [join_key(prefix)] if base.is_file() else []
+        keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(k for k in keys if not Path(k).name.startswith(".tmp-"))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL makes the existence check and the creation one atomic step.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, _etag(data)
+
+    def write_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A lock file serialises compare-and-swap between processes on this machine.
+        with open(path.with_name(f".lock-{path.name}"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.read_with_etag(key)
+            current_etag = current[1] if current else None
+            if current_etag != etag:
+                raise ConflictError(
+                    f"{key!r} changed since it was read (expected ETag {etag}, found {current_etag})"
+                )
+            self.write_bytes(key, data)
+        return _etag(data)
+
+    @contextmanager
+    def _atomic_target(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        tmp.chmod(0o644)  # mkstemp creates 0600; stored objects are ordinary readable files
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def open_store(uri: str) -> Store:
+    """Open the store that ``uri`` names; raise :class:`StoreError` for anything else."""
+    if not uri or not uri.strip():
+        raise StoreError("expected a store URI (a local path, file://… or https://ACCOUNT.blob.core.windows.net/CONTAINER/…), got an empty string")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"expected file:///absolute/path, got {uri!r} (host {parsed.netloc!r})")
+        return LocalStore(Path(path).expanduser())
+    raise StoreError(
+        "expected a local path, file:///path or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX, "
+        f"got {uri!r}"
+    )

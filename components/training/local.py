@@ -1,0 +1,186 @@
+"""The ``local`` launcher: every rank as a process on this machine, supervised like pods.
+
+It sets the same environment the Training Operator gives PyTorchJob pods, streams every rank's
+output into its own (prefixed with the rank's name), and fails when any rank fails: the others are
+stopped at once and the error carries the failed rank's last lines. A job that outlives its
+timeout is stopped and fails too. Nothing it starts outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from components.errors import TrainingError
+from components.training.config import TrainConfig, to_argv
+from components.training.worker import ps_name, worker_name
+
+TAIL_LINES = 30
+
+
+@dataclass
+class RankProcess:
+    name: str
+    popen: subprocess.Popen
+    tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    reader: threading.Thread | None = None
+    exited_at: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_names(config: TrainConfig) -> list[str]:
+    return [ps_name(r) for r in range(config.num_ps)] + [worker_name(w) for w in range(config.num_workers)]
+
+
+def launch_local(config: TrainConfig, timeout_s: float = 3600.0, out: TextIO | None = None) -> None:
+    """Run the job to completion; raise :class:`TrainingError` if any rank fails or time runs out."""
+    config.validate()
+    out = out or sys.stdout
+    progress = ProgressBar(out) if out.isatty() else None
+    port = free_port()
+    ranks = [_start_rank(config, rank, name, port, out, progress) for rank, name in enumerate(rank_names(config))]
+    try:
+        _supervise(ranks, time.monotonic() + timeout_s)
+    finally:
+        _stop(ranks)
+        if progress:
+            progress.close()
+
+
+def _rank_env(config: TrainConfig, rank: int, port: int) -> dict[str, str]:
+    cores = os.cpu_count() or 1
+    threads = 1 if rank < config.num_ps else max(1, cores // config.num_workers)
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "WORLD_SIZE": str(config.world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        # Share the cores instead of letting every process claim all of them.
+        "TRAIN_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+        "TP_SOCKET_IFNAME": "lo",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }
+
+
+def _start_rank(config, rank: int, name: str, port: int, out: TextIO, progress) -> RankProcess:
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "components.training", *to_argv(config)],
+        env=_rank_env(config, rank, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so stopping it stops its children too
+    )
+    proc = RankProcess(name, popen)
+    proc.reader = threading.Thread(target=_pump, args=(proc, out, progress), daemon=True)
+    proc.reader.start()
+    return proc
+
+
+def _pump(proc: RankProcess, out: TextIO, progress) -> None:
+    for line in proc.popen.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("@progress "):
+            if progress:
+                progress.update(line)
+            continue
+        proc.tail.append(line)
+        if progress:
+            progress.clear()
+        out.write(f"[{proc.name}] {line}\n")
+        out.flush()
+
+
+def _supervise(ranks: list[RankProcess], deadline: float) -> None:
+    while True:
+        codes = [r.popen.poll() for r in ranks]
+        for r, c in zip(ranks, codes):
+            if c is not None and r.exited_at is None:
+                r.exited_at = time.monotonic()
+        failed = [(r, c) for r, c in zip(ranks, codes) if c not in (None, 0)]
+        if failed:
+            rank, code = min(failed, key=lambda rc: _exit_order(rc[0]))
+            _stop(ranks)
+            raise TrainingError(_failure_message(rank, code))
+        if all(c == 0 for c in codes):
+            for r in ranks:
+                r.reader.join(timeout=5)
+            return
+        if time.monotonic() > deadline:
+            _stop(ranks)
+            raise TrainingError(f"training did not finish before its timeout; stopped ranks {[r.name for r in ranks]}")
+        time.sleep(0.1)
+
+
+def _exit_order(rank: RankProcess) -> tuple[float, bool]:
+    # The rank that died first is the cause; the others usually fail because it vanished.
+    # Within one polling round, a rank killed by a signal is the likelier cause.
+    return (rank.exited_at or 0.0, rank.popen.returncode >= 0)
+
+
+def _failure_message(rank: RankProcess, code: int) -> str:
+    if rank.reader:
+        rank.reader.join(timeout=2)
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    tail = "\n".join(f"  {line}" for line in rank.tail) or "  (no output)"
+    return f"training failed: {rank.name} {how}; its last lines:\n{tail}"
+
+
+def _stop(ranks: list[RankProcess], grace_s: float = 5.0) -> None:
+    """Terminate every rank still running (SIGTERM, then SIGKILL after ``grace_s``)."""
+    for r in ranks:
+        if r.popen.poll() is None:
+            _signal_group(r.popen, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for r in ranks:
+        try:
+            r.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(r.popen, signal.SIGKILL)
+            r.popen.wait()
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal, drawn from worker 0's ``@progress`` lines."""
+
+    def __init__(self, out: TextIO, width: int = 30):
+        self.out, self.width, self.shown = out, width, False
+
+    def update(self, line: str) -> None:
+        _, epoch, step, steps, loss = line.split()
+        filled = int(self.width * int(step) / int(steps))
+        bar = "#" * filled + "." * (self.width - filled)
+        self.out.write(f"\r  epoch {epoch} [{bar}] {step}/{steps} loss {loss}")
+        self.out.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r" + " " * (self.width + 50) + "\r")
+            self.shown = False
+
+    def close(self) -> None:
+        self.clear()
