@@ -23,3 +23,7 @@ class ModelFormatError(ProjectError):
 
 class TrainingError(ProjectError):
     """A training job failed; the message names the failing rank and its last log lines."""
+
+
+class DeployError(ProjectError):
+    """A model could not be deployed, did not become ready, or failed its smoke request."""

@@ -1,0 +1,34 @@
+"""KFP component: deploy_model."""
+
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+from components.kfp_base import project_component
+
+
+@project_component
+def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
+                 target: str, serving_port: int, local_state_dir: str, endpoint: Output[Artifact]) -> str:
+    """Serve the registered version, smoke-test it over REST, then make it the production version.
+
+    Args:
+        dataset: The prepared data set (test images for the smoke request).
+        store_uri: Store URI holding the registry.
+        model_name: Registry and endpoint name.
+        version: The registry version to deploy.
+        model_uri: Store URI of that version.
+        run_id: Pipeline run id, recorded with the promotion.
+        target: local (a KServe server process on this machine).
+        serving_port: HTTP port of the local server.
+        local_state_dir: Where the local server's pid and log are kept.
+        endpoint: The deployment record (URL, version, smoke results).
+    """
+    import json
+
+    from components.deploy.step import deploy
+
+    record = deploy(target, store_uri, dataset.metadata["prefix"], model_name, version, model_uri, run_id, serving_port, local_state_dir)
+    with open(endpoint.path, "w") as f:
+        json.dump(record, f, indent=2)
+    endpoint.metadata.update({"url": record["url"], "version": version})
+    print(f"deployed {model_name} version {version} at {record['url']}")
+    return record["url"]

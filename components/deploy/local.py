@@ -1,0 +1,125 @@
+"""Deploy target ``local``: the project's KServe predictor as a background process on 127.0.0.1.
+
+The server outlives the pipeline step (it runs in its own session); its pid, URL and log path are
+kept in ``STATE_DIR/serving.json`` so the next deploy replaces it and ``make stop`` stops it. The
+step waits for the model-level readiness path, then sends one v1 and one v2 request and checks
+that both answer with the same class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.errors import DeployError
+from serving.client import infer_v2, is_ready, predict_v1, v2_classes
+
+STATE_FILE = "serving.json"
+LOG_FILE = "serving.log"
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    url: str
+    model_name: str
+    model_uri: str
+    pid: int
+    log: str
+
+
+def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s: float = 120.0) -> LocalEndpoint:
+    """Replace any server this project started in ``state_dir`` with one serving ``model_uri``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stop(state_dir)
+    _check_port_free(port)
+    log_path = state_dir / LOG_FILE
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", model_name,
+             "--http-port", str(port), "--enable_grpc", "false"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the step's process; stopped by pid later
+        )
+    endpoint = LocalEndpoint(f"http://127.0.0.1:{port}", model_name, model_uri, popen.pid, str(log_path))
+    (state_dir / STATE_FILE).write_text(json.dumps(asdict(endpoint), indent=2))
+    _wait_ready(endpoint, popen, timeout_s)
+    return endpoint
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise DeployError(f"port {port} on 127.0.0.1 is already in use by another program; choose another with --param serving_port=N")
+
+
+def _wait_ready(endpoint: LocalEndpoint, popen: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise DeployError(f"the predictor exited with code {popen.returncode} before becoming ready:\n{_tail(endpoint.log)}")
+        if is_ready(endpoint.url, endpoint.model_name):
+            return
+        time.sleep(0.25)
+    _kill(popen.pid)
+    raise DeployError(f"the predictor was not ready within {timeout_s:.0f}s:\n{_tail(endpoint.log)}")
+
+
+def smoke_test(endpoint: LocalEndpoint, pixels: np.ndarray) -> dict:
+    """One v1 and one v2 request for ``[N,C,H,W]`` pixels; both must agree."""
+    v1 = predict_v1(endpoint.url, endpoint.model_name, pixels)
+    v2 = infer_v2(endpoint.url, endpoint.model_name, pixels)
+    v1_classes, v2_cls = [p["class"] for p in v1], v2_classes(v2)
+    if v1_classes != list(v2_cls):
+        raise DeployError(f"v1 and v2 disagree on the same images: {v1_classes} vs {v2_cls}")
+    return {"v1": v1, "v2_classes": list(v2_cls)}
+
+
+def read_state(state_dir: Path) -> LocalEndpoint | None:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    return LocalEndpoint(**json.loads(path.read_text()))
+
+
+def stop(state_dir: Path) -> LocalEndpoint | None:
+    """Stop the server recorded in ``state_dir`` (if it still runs); return what was stopped."""
+    endpoint = read_state(state_dir)
+    if endpoint is None:
+        return None
+    _kill(endpoint.pid)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return endpoint
+
+
+def _kill(pid: int, grace_s: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

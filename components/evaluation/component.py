@@ -1,0 +1,44 @@
+"""KFP component: evaluate_model."""
+
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.kfp_base import project_component
+
+
+@project_component
+def evaluate_model(dataset: Input[Dataset], model: Input[Model], store_uri: str, model_name: str,
+                   accuracy_threshold: float, tolerance: float, metrics: Output[Metrics],
+                   confusion: Output[ClassificationMetrics], report: Output[Markdown],
+                   evaluation: Output[Artifact]) -> str:
+    """Score the candidate on the test split against the threshold and the production model (champion).
+
+    Returns the gate's decision, "accepted" or "rejected"; the reason is in the report and the log.
+
+    Args:
+        dataset: The prepared data set (its test split is used).
+        model: The candidate model.
+        store_uri: Store URI holding the registry.
+        model_name: Registry name; its production version is the champion.
+        accuracy_threshold: Minimum test accuracy to accept the candidate.
+        tolerance: How much worse than the champion the candidate may be and still be accepted.
+        metrics: Accuracy and the champion's accuracy.
+        confusion: Confusion matrix of the candidate.
+        report: Candidate and champion side by side.
+        evaluation: The full evaluation (JSON) for the push step.
+    """
+    import json
+
+    from components.evaluation.evaluate import markdown_report
+    from components.evaluation.step import run_evaluation
+
+    result = run_evaluation(store_uri, dataset.metadata["prefix"], model.metadata["prefix"], model_name, accuracy_threshold, tolerance)
+    metrics.log_metric("accuracy", result.candidate.accuracy)
+    if result.champion:
+        metrics.log_metric("champion_accuracy", result.champion.accuracy)
+    confusion.log_confusion_matrix(result.candidate.class_names, result.candidate.confusion)
+    with open(report.path, "w") as f:
+        f.write(markdown_report(result.candidate, result.verdict, result.champion))
+    with open(evaluation.path, "w") as f:
+        json.dump(result.to_dict(), f)
+    print(f"gate: {result.verdict.decision}: {result.verdict.reason}")
+    return result.verdict.decision

@@ -1,0 +1,35 @@
+"""KFP component: push_model."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+from components.kfp_base import project_component
+
+
+@project_component
+def push_model(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact], store_uri: str, model_name: str,
+               run_id: str, code_version: str) -> NamedTuple("Outputs", version=int, model_uri=str):
+    """Register the candidate as a new immutable version with its metrics, verdict and lineage.
+
+    Args:
+        model: The candidate model.
+        dataset: The prepared data set (its content hash goes into the lineage).
+        evaluation: The evaluation step's full result.
+        store_uri: Store URI holding the registry.
+        model_name: Registry name.
+        run_id: Pipeline run id, recorded in the lineage.
+        code_version: Git commit of the code, recorded in the lineage.
+    """
+    import json
+    from collections import namedtuple
+
+    from components.push.push import push_model as push
+
+    with open(evaluation.path) as f:
+        result = json.load(f)
+    lineage = {"run_id": run_id, "code_version": code_version, "dataset_hash": dataset.metadata["content_hash"],
+               "dataset_prefix": dataset.metadata["prefix"], "training": dict(model.metadata)}
+    version, uri = push(store_uri, model_name, model.metadata["prefix"], result, result["verdict"], lineage)
+    print(f"registered {model_name} version {version} at {uri} ({result['verdict']['decision']})")
+    return namedtuple("Outputs", "version model_uri")(version, uri)

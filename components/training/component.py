@@ -1,0 +1,44 @@
+"""KFP component: train_model."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.kfp_base import project_component
+
+
+@project_component
+def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str, epochs: int, batch_size: int,
+                optimizer: str, lr: float, num_ps: int, num_workers: int, seed: int, launcher: str, timeout_s: int,
+                model: Output[Model], metrics: Output[Metrics]):
+    """Parameter-server training: num_ps server shards and num_workers workers (torch.distributed.rpc).
+
+    Args:
+        dataset: The prepared data set.
+        store_uri: Store URI of data and run outputs.
+        run_id: Pipeline run id; the model is written under runs/<run_id>/model in the store.
+        arch: Network architecture (small_cnn, resnet18, mobilenet_v3_small).
+        epochs: Passes over the training split.
+        batch_size: Images per worker per step (the global batch is num_workers times this).
+        optimizer: sgd, adam or adamw.
+        lr: Peak learning rate (linear warm-up, cosine decay).
+        num_ps: Parameter-server shards.
+        num_workers: Workers computing gradients.
+        seed: Seed of initialisation and data order.
+        launcher: Where the ranks run: local (processes in this step).
+        timeout_s: Fail the step when training takes longer.
+        model: The trained model (its files live in the store).
+        metrics: Per-epoch training and validation metrics.
+    """
+    from components.training.config import TrainConfig
+    from components.training.job import train
+
+    config = TrainConfig(store_uri=store_uri, dataset_prefix=dataset.metadata["prefix"], output_prefix=f"runs/{run_id}/model",
+                         arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                         num_ps=num_ps, num_workers=num_workers, seed=seed)
+    result = train(config, launcher, timeout_s)
+    for epoch in result.history:
+        for key in ("loss", "val_loss", "val_accuracy"):
+            metrics.log_metric(f"epoch{epoch['epoch']:03d}_{key}", round(epoch[key], 6))
+    metrics.log_metric("best_val_accuracy", result.best["val_accuracy"])
+    model.metadata.update({"store_uri": store_uri, "prefix": result.model_prefix, "arch": arch, "best_epoch": result.best["epoch"]})
+    with open(model.path, "w") as f:
+        f.write(f"{store_uri}/{result.model_prefix}\n")

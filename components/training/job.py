@@ -1,0 +1,33 @@
+"""Run a training job with the chosen launcher and collect what it produced."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from components.store import join_key, open_store
+from components.training.config import TrainConfig
+from components.training.local import launch_local
+from components.training.worker import HISTORY_FILE
+
+LAUNCHERS = ("local",)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_prefix: str
+    history: list[dict[str, Any]]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return max(self.history, key=lambda e: (e["val_accuracy"], e["epoch"]))
+
+
+def train(config: TrainConfig, launcher: str, timeout_s: float) -> TrainResult:
+    """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"expected launcher in {LAUNCHERS}, got {launcher!r}")
+    launch_local(config, timeout_s=timeout_s)
+    history = json.loads(open_store(config.store_uri).read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
+    return TrainResult(config.output_prefix, history["epochs"])

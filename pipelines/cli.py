@@ -1,0 +1,85 @@
+"""The command line: ``python -m pipelines compile|run|stop …``.
+
+    python -m pipelines compile --output pipeline.yaml
+    python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …]
+    python -m pipelines stop [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from components.errors import ProjectError
+from pipelines.params import parse_params, signature_types
+
+
+def pipeline_signature() -> dict[str, type]:
+    from pipelines.pipeline import training_pipeline
+
+    return signature_types(training_pipeline.pipeline_func)
+
+
+def compile_pipeline(output: Path) -> Path:
+    """Write the pipeline package (YAML) that the Kubeflow UI uploads."""
+    from kfp import compiler
+
+    from pipelines.local_run import git_commit
+    from pipelines.pipeline import training_pipeline
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, str(output), pipeline_parameters={"code_version": git_commit()})
+    return output
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    print(f"wrote {compile_pipeline(args.output)}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pipelines import local_run
+
+    if not args.local:
+        raise SystemExit("error: only --local runs start here; use `python -m pipelines submit` for a Kubeflow cluster")
+    overrides = parse_params(args.param, pipeline_signature())
+    arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
+    local_run.run_local(args.workdir, arguments)
+    summary = local_run.summarize(args.workdir, arguments, arguments.get("model_name", "digits"))
+    print(local_run.format_summary(summary, args.workdir))
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    from components.deploy.local import stop
+
+    stopped = stop(args.workdir.resolve() / "serving")
+    print(f"stopped the server at {stopped.url} (pid {stopped.pid})" if stopped else "no local server is running")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description="Compile, run and operate the training pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="write the pipeline package for the Kubeflow UI")
+    p.add_argument("--output", type=Path, required=True, help="path of the YAML package to write")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("run", help="run the pipeline (--local: on this machine under kfp.local)")
+    p.add_argument("--local", action="store_true", help="run under kfp.local with local processes")
+    p.add_argument("--data-uri", help="raw data (default: the bundled digits sample, written under WORKDIR/data)")
+    p.add_argument("--workdir", type=Path, default=Path(".work"), help="local store, KFP outputs and server state")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("stop", help="stop the local model server that `run --local` started")
+    p.add_argument("--workdir", type=Path, default=Path(".work"))
+    p.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ProjectError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    except RuntimeError as exc:
+        # kfp.local raises RuntimeError when a task fails; the task's own log above says why.
+        sys.exit(f"error: the pipeline failed: {exc}")

@@ -1,0 +1,87 @@
+"""The pipeline: prepare → train → evaluate → push → (if accepted) deploy. Wiring only."""
+
+# No `from __future__ import annotations` here: kfp reads the parameter annotations as real types.
+
+
+from kfp import dsl
+
+from components.data.component import prepare_data
+from components.deploy.component import deploy_model
+from components.evaluation.component import evaluate_model
+from components.push.component import push_model
+from components.training.component import train_model
+
+PIPELINE_NAME = "digits-ps-classifier"
+
+
+@dsl.pipeline(name=PIPELINE_NAME)
+def training_pipeline(
+    data_uri: str,
+    store_uri: str,
+    model_name: str = "digits",
+    arch: str = "small_cnn",
+    epochs: int = 15,
+    batch_size: int = 32,
+    optimizer: str = "adam",
+    lr: float = 0.003,
+    num_ps: int = 1,
+    num_workers: int = 2,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    accuracy_threshold: float = 0.95,
+    tolerance: float = 0.005,
+    launcher: str = "local",
+    train_timeout_s: int = 3600,
+    deploy_target: str = "local",
+    serving_port: int = 8080,
+    local_state_dir: str = "",
+    code_version: str = "",
+):
+    """Train an image classifier with parameter-server training, gate it, register it, and serve it.
+
+    Args:
+        data_uri: Raw images (MNIST IDX files or an ImageFolder tree): a local path or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX.
+        store_uri: Where prepared data, runs and the model registry live: a local path or an Azure Blob URI.
+        model_name: Registry name of the model, also the endpoint's model name.
+        arch: Network: small_cnn, resnet18 or mobilenet_v3_small.
+        epochs: Passes over the training split.
+        batch_size: Images per worker per step.
+        optimizer: sgd, adam or adamw.
+        lr: Peak learning rate.
+        num_ps: Parameter-server shards.
+        num_workers: Training workers.
+        seed: Seed of the split, initialisation and data order.
+        val_fraction: Fraction of each class for validation.
+        test_fraction: Fraction of each class for the test split.
+        accuracy_threshold: Minimum test accuracy to deploy.
+        tolerance: Accepted accuracy loss against the production model.
+        launcher: Where training ranks run: local (processes inside the training step).
+        train_timeout_s: Fail training after this many seconds.
+        deploy_target: local (a KServe model server process on this machine).
+        serving_port: HTTP port of the local model server.
+        local_state_dir: Folder for the local server's pid and log.
+        code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage.
+    """
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    prepared = prepare_data(data_uri=data_uri, store_uri=store_uri, val_fraction=val_fraction,
+                            test_fraction=test_fraction, seed=seed).set_display_name("prepare data")
+    trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, arch=arch,
+                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, num_ps=num_ps,
+                          num_workers=num_workers, seed=seed, launcher=launcher, timeout_s=train_timeout_s)
+    trained.set_display_name("train (parameter servers + workers)").set_cpu_limit("4").set_memory_limit("8G")
+    evaluated = evaluate_model(dataset=prepared.outputs["dataset"], model=trained.outputs["model"], store_uri=store_uri,
+                               model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance)
+    evaluated.set_display_name("evaluate and gate")
+    # Every candidate is registered with its verdict; only an accepted one is deployed.
+    pushed = push_model(model=trained.outputs["model"], dataset=prepared.outputs["dataset"],
+                        evaluation=evaluated.outputs["evaluation"], store_uri=store_uri, model_name=model_name,
+                        run_id=run_id, code_version=code_version)
+    pushed.set_display_name("push to registry").set_caching_options(False)
+    # The decision is the evaluate step's return value (`Output`): kfp 2.17.0's local runner resolves a
+    # condition on a task's `Output` channel, but not on a NamedTuple field such as `decision`.
+    with dsl.If(evaluated.outputs["Output"] == "accepted", name="candidate-accepted"):
+        deployed = deploy_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, model_name=model_name,
+                                version=pushed.outputs["version"], model_uri=pushed.outputs["model_uri"], run_id=run_id,
+                                target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir)
+        deployed.set_display_name("deploy").set_caching_options(False)
