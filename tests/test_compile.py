@@ -1,0 +1,60 @@
+"""Compile tests: the package the Kubeflow UI receives has the five steps, the gate, pinned images, no secrets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from pipelines.cli import compile_pipeline
+
+STEPS = ["prepare-data", "train-model", "evaluate-model", "push-model", "deploy-model"]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> dict:
+    path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def test_five_steps_chained_in_order(package):
+    tasks = package["root"]["dag"]["tasks"]
+    assert set(STEPS[:4]) <= set(tasks)
+    assert tasks["train-model"]["dependentTasks"] == ["prepare-data"]
+    assert set(tasks["evaluate-model"]["dependentTasks"]) == {"prepare-data", "train-model"}
+    assert "evaluate-model" in tasks["push-model"]["dependentTasks"]
+
+
+def test_deploy_runs_only_inside_the_gate_condition(package):
+    condition = package["root"]["dag"]["tasks"]["condition-1"]
+    assert "evaluate-model" in condition["dependentTasks"] and "push-model" in condition["dependentTasks"]
+    assert condition["triggerPolicy"]["condition"].endswith("== 'accepted'")
+    assert "deploy-model" in package["components"]["comp-condition-1"]["dag"]["tasks"]
+
+
+def test_push_and_deploy_are_never_cached(package):
+    tasks = package["root"]["dag"]["tasks"]
+    deploy = package["components"]["comp-condition-1"]["dag"]["tasks"]["deploy-model"]
+    assert tasks["push-model"]["cachingOptions"] == {} and deploy["cachingOptions"] == {}
+
+
+def test_every_image_is_pinned_and_none_installs_packages_at_start(package):
+    executors = package["deploymentSpec"]["executors"].values()
+    for executor in executors:
+        image = executor["container"]["image"]
+        assert re.search(r":[\w.-]+$|@sha256:[0-9a-f]{64}$", image) and not image.endswith(":latest")
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_pipeline_and_parameters_carry_descriptions(package):
+    assert package["pipelineInfo"]["description"].startswith("Train an image classifier")
+    params = package["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in params.values())
+    assert {"data_uri", "store_uri"} <= {n for n, p in params.items() if not p.get("isOptional")}
+
+
+def test_no_secret_material_in_the_package(package):
+    text = yaml.safe_dump(package)
+    for pattern in ("AccountKey=", "SharedAccessSignature", "DefaultEndpointsProtocol", "password", "client_secret"):
+        assert pattern.lower() not in text.lower()

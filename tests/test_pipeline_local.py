@@ -1,0 +1,59 @@
+"""The whole pipeline under kfp.local, through the CLI, as `make run` runs it (smaller: fewer epochs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from components.deploy.local import read_state, stop
+from components.registry import Registry
+from components.store import open_store
+from serving.client import predict_v1
+from tests.conftest import free_port
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_parameter_lists_the_real_ones(tmp_path):
+    result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "nosuch=1")
+    assert result.returncode != 0
+    assert "unknown parameter 'nosuch'" in result.stderr and "accuracy_threshold" in result.stderr
+
+
+def test_badly_typed_parameter_is_rejected(tmp_path):
+    result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=many")
+    assert result.returncode != 0 and "parameter 'epochs': expected int, got 'many'" in result.stderr
+
+
+@pytest.mark.slow
+def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidate(tmp_path):
+    port = str(free_port())
+    try:
+        first = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=4", "--param", f"serving_port={port}",
+                        "--param", "accuracy_threshold=0.8")
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "REST prediction    class" in first.stdout and f"http://127.0.0.1:{port}" in first.stdout
+        registry = Registry(open_store(str(tmp_path / "store")), "digits")
+        manifest = registry.manifest(1)
+        assert manifest["verdict"]["decision"] == "accepted" and registry.production().version == 1
+        assert manifest["lineage"]["dataset_hash"] and manifest["lineage"]["run_id"]
+        assert set(manifest["files"]) == {"model.safetensors", "model.json", "metrics.json"}
+        endpoint = read_state(tmp_path / "serving")
+        assert predict_v1(endpoint.url, "digits", np.zeros((1, 1, 28, 28)))[0]["label"] in "0123456789"
+
+        # A one-epoch candidate is worse than production by more than the tolerance: registered, not deployed.
+        second = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=1", "--param", f"serving_port={port}",
+                         "--param", "accuracy_threshold=0.0", "--param", "tolerance=0.0", "--param", "lr=0.0001")
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert registry.manifest(2)["verdict"]["decision"] == "rejected"
+        assert "worse than production" in registry.manifest(2)["verdict"]["reason"]
+        assert registry.production().version == 1
+        assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].endswith("/versions/1")
+    finally:
+        stop(tmp_path / "serving")
