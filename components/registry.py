@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def validate_model_name(name: str) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Registry:
         return [json.loads(self.store.read_bytes(k)) for k in keys]
 
     def _append_history(self, record: dict[str, Any]) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.store.create_exclusive(join_key(self.root, "history", f"{stamp}-{uuid.uuid4().hex[:8]}.json"), json.dumps(record).encode())
 
 

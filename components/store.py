@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 
 from components.errors import ConflictError, StoreError
 
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe relative key, else raise :class:`StoreError`."""
     parts = key.split("/")

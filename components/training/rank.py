@@ -4,7 +4,7 @@
 injects into PyTorchJob pods; the local launcher sets the same four. Ranks ``0..P-1`` serve
 parameter shards, the rest are workers.
 
-    RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 python -m components.training --store-uri … 
+    RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 python -m components.training --store-uri …
 """
 
 from __future__ import annotations
