@@ -133,3 +133,14 @@ def test_a_failing_rank_fails_the_job_with_its_last_lines(prepared):
     with pytest.raises(TrainingError, match=r"(?s)training failed: \w+ exited with code 1; its last lines:\n.*no prepared data set"):
         launch_local(cfg, timeout_s=120)
     assert not (Path(prepared.store_uri) / join_key("runs/bad/model", HISTORY_FILE)).exists()
+
+
+def test_training_report_draws_both_curves_and_the_table():
+    from components.training.report import training_report
+
+    history = [{"epoch": i, "loss": 1 / i, "train_accuracy": 0.5 + i / 10, "val_loss": 1.1 / i, "val_accuracy": 0.4 + i / 10,
+                "comm_fraction": 0.2, "seconds": 1.0} for i in (1, 2, 3)]
+    page = training_report(history, {"arch": "small_cnn", "store_uri": "/secret/path"})
+    assert page.count("<svg") == 2 and page.count("<polyline") == 4
+    assert "best validation accuracy <b>0.7000</b> at epoch 3" in page
+    assert "arch=small_cnn" in page and "/secret/path" not in page

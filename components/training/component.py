@@ -1,6 +1,6 @@
 """KFP component: train_model."""
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.kfp_base import project_component
 
@@ -8,7 +8,7 @@ from components.kfp_base import project_component
 @project_component
 def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str, epochs: int, batch_size: int,
                 optimizer: str, lr: float, num_ps: int, num_workers: int, seed: int, launcher: str, timeout_s: int,
-                model: Output[Model], metrics: Output[Metrics]):
+                model: Output[Model], metrics: Output[Metrics], report: Output[HTML]):
     """Parameter-server training: num_ps server shards and num_workers workers (torch.distributed.rpc).
 
     Args:
@@ -27,9 +27,11 @@ def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str,
         timeout_s: Fail the step when training takes longer.
         model: The trained model (its files live in the store).
         metrics: Per-epoch training and validation metrics.
+        report: Loss and accuracy curves, per-epoch table and settings.
     """
     from components.training.config import TrainConfig
     from components.training.job import train
+    from components.training.report import training_report
 
     config = TrainConfig(store_uri=store_uri, dataset_prefix=dataset.metadata["prefix"], output_prefix=f"runs/{run_id}/model",
                          arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
@@ -40,5 +42,7 @@ def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str,
             metrics.log_metric(f"epoch{epoch['epoch']:03d}_{key}", round(epoch[key], 6))
     metrics.log_metric("best_val_accuracy", result.best["val_accuracy"])
     model.metadata.update({"store_uri": store_uri, "prefix": result.model_prefix, "arch": arch, "best_epoch": result.best["epoch"]})
+    with open(report.path, "w") as f:
+        f.write(training_report(result.history, result.config))
     with open(model.path, "w") as f:
         f.write(f"{store_uri}/{result.model_prefix}\n")

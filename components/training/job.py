@@ -18,6 +18,7 @@ LAUNCHERS = ("local",)
 class TrainResult:
     model_prefix: str
     history: list[dict[str, Any]]
+    config: dict[str, Any]
 
     @property
     def best(self) -> dict[str, Any]:
@@ -30,4 +31,4 @@ def train(config: TrainConfig, launcher: str, timeout_s: float) -> TrainResult:
         raise ValueError(f"expected launcher in {LAUNCHERS}, got {launcher!r}")
     launch_local(config, timeout_s=timeout_s)
     history = json.loads(open_store(config.store_uri).read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
-    return TrainResult(config.output_prefix, history["epochs"])
+    return TrainResult(config.output_prefix, history["epochs"], history["config"])
