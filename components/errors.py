@@ -23,3 +23,7 @@ class ModelFormatError(ProjectError):
 
 class TrainingError(ProjectError):
     """A training job failed; the message names the failing rank and its last log lines."""
+
+
+class DeployError(ProjectError):
+    """A deployment failed or was refused; the message carries the service's conditions and recent events."""
