@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from components.cluster import GpuProfile, WorkloadIdentity, project_image
+from components.cluster import GpuProfile, WorkloadIdentity, pinned_image, project_image
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -93,6 +93,7 @@ class InferenceServiceSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", DeploymentMode(self.mode))
+        pinned_image(self.image)  # ValueError for an unpinned image, whoever passed it
         problems = settings_problems(self)
         if problems:
             raise ValueError("invalid InferenceService settings: " + "; ".join(problems))
