@@ -34,6 +34,7 @@ from components.deploy.kserve import (
     SmokeTarget,
     SmokeTestError,
     StepCancelled,
+    deploy_registry_version,
     deploy_to_kserve,
     merge_diff,
     recent_events,
@@ -504,6 +505,26 @@ def test_raw_deployment_crash_loop_fails_fast_and_restores_the_previous_spec(reg
     assert clock.now < POLICY.ready_timeout_s  # failed fast, did not sit out the timeout
     assert live_storage_uri(cluster).endswith("/versions/1")
     assert registry.production().version == 1
+
+
+# -- the step's entry point -------------------------------------------------------------------------
+
+
+def test_the_step_serves_the_version_from_the_registrys_own_blob_uri(registry: Registry) -> None:
+    registry.store.uri = "https://acct.blob.core.windows.net/models"  # the container the cluster reads
+    cluster = FakeCluster()
+
+    record = deploy_registry_version(registry, 2, "run-9", NS, NAME, api=cluster, smoke=RecordingSmoke(),
+                                     policy=POLICY, clock=FakeClock(), gpus=0)
+
+    assert live_storage_uri(cluster) == "https://acct.blob.core.windows.net/models/models/mnist/versions/2"
+    assert cluster.objects[NAME]["spec"]["predictor"]["annotations"]["kfp-ps-classifier/model-version"] == "2"
+    assert record.run_id == "run-9" and registry.production().version == 2
+
+
+def test_the_step_refuses_a_registry_the_cluster_cannot_read(registry: Registry) -> None:
+    with pytest.raises(ValueError, match="push the model to Blob first"):
+        deploy_registry_version(registry, 2, "run-9", NS, NAME, api=FakeCluster(), smoke=RecordingSmoke())
 
 
 # -- pieces -----------------------------------------------------------------------------------------

@@ -290,6 +290,31 @@ def deploy_to_kserve(
     return record_deployment(registry, settings, version, run_id, pointer, live, target)
 
 
+def deploy_registry_version(
+    registry: Registry,
+    version: int,
+    run_id: str,
+    namespace: str,
+    service_name: str,
+    api: InferenceServiceApi | None = None,
+    smoke: Smoke | None = None,
+    policy: RolloutPolicy = RolloutPolicy(),
+    clock: Clock = SystemClock(),
+    **settings_fields: Any,
+) -> DeploymentRecord:
+    """The deploy step's one call: serve ``version`` of the registry's model from its own storage URI.
+
+    ``settings_fields`` are the remaining :class:`InferenceServiceSettings` fields (gpus, mode, replicas …);
+    ``api`` defaults to the cluster this process runs in (or the kubeconfig), ``smoke`` to :func:`http_smoke`.
+    """
+    settings = InferenceServiceSettings(
+        name=service_name, namespace=namespace, model_name=registry.name, model_version=version,
+        storage_uri=registry.version_uri(version), **settings_fields,
+    )
+    api = api if api is not None else KubernetesInferenceServiceApi.from_environment(namespace)
+    return deploy_to_kserve(api, settings, registry, version, run_id, smoke or http_smoke, policy, clock)
+
+
 def start_rollout(api: InferenceServiceApi, settings: InferenceServiceSettings, policy: RolloutPolicy) -> Rollout:
     """Create or patch the service; a 409 re-reads and retries (bounded)."""
     for attempt in range(policy.conflict_retries + 1):
