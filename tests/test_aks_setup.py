@@ -124,7 +124,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
 
 def test_a_first_run_creates_everything_with_least_privilege_and_a_second_run_nothing(runs: Runs) -> None:
-    models = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/kfppsstore/blobServices/default/containers/models"
+    account = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/kfppsstore"
+    models = f"{account}/blobServices/default/containers/models"
     data = models.replace("/containers/models", "/containers/data")
     roles = sorted(k.split("|")[2:] for k in runs.created_first if k.startswith("role|"))
 

@@ -138,7 +138,8 @@ class FakeCluster:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [{"type": "Warning", "reason": "FailedScheduling", "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu",
-                 "involvedObject": {"kind": "Pod", "name": f"{name}-predictor-00002-deployment-abc"}, "lastTimestamp": "2026-11-21T10:00:00Z"}]
+                 "involvedObject": {"kind": "Pod", "name": f"{name}-predictor-00002-deployment-abc"},
+                 "lastTimestamp": "2026-11-21T10:00:00Z"}]
 
     def pods(self, name: str) -> list[dict[str, Any]]:
         return [self.pod(rev, i) for rev in self.revisions_with_pods() for i in range(1)]
@@ -188,11 +189,12 @@ class FakeCluster:
 
     def pod(self, rev: Revision, index: int) -> dict[str, Any]:
         ready = self.is_ready(rev)
-        waiting = {"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}} if self.crash and not self.healthy(rev.template) else {"state": {"running": {}}}
+        crashing = self.crash and not self.healthy(rev.template)
+        state = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}} if crashing else {"running": {}}
         return {
             "metadata": {"name": f"{rev.name}-deployment-{index}", "annotations": dict(rev.template.get("annotations", {}))},
             "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-                       "containerStatuses": [{"name": "kserve-container", **waiting}]},
+                       "containerStatuses": [{"name": "kserve-container", "state": state}]},
         }
 
     def _next_rv(self) -> str:
@@ -563,3 +565,12 @@ def test_the_kubernetes_adapter_turns_client_exceptions_into_api_errors() -> Non
         api.get(NAME)
 
     assert (failure.value.status, failure.value.message) == (404, 'inferenceservices "mnist" not found')
+
+
+def test_a_client_for_another_namespace_is_refused_before_anything_happens(registry: Registry) -> None:
+    cluster = FakeCluster(namespace="elsewhere")
+
+    with pytest.raises(DeployError, match="expected the Kubernetes client for namespace 'models', got one for 'elsewhere'"):
+        deploy(cluster, registry, 1)
+
+    assert cluster.calls == []

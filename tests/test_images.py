@@ -107,7 +107,8 @@ def test_the_build_context_leaves_out_git_tests_and_local_environments() -> None
 def test_the_entry_points_the_image_relies_on_exist(module: str, request: pytest.FixtureRequest) -> None:
     path = ROOT / ENTRY_POINTS[module]
     if not path.is_file():
-        request.applymarker(pytest.mark.xfail(reason=f"python -m {module} needs {ENTRY_POINTS[module]}, not in this checkout yet", strict=True))
+        reason = f"python -m {module} needs {ENTRY_POINTS[module]}, not in this checkout yet"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     package = module.split(".")[0]
 
     assert path.is_file()

@@ -272,6 +272,8 @@ def deploy_to_kserve(
     clock: Clock = SystemClock(),
 ) -> DeploymentRecord:
     """Roll ``version`` out to the InferenceService ``settings`` describe; promote it or roll back (see module doc)."""
+    if api.namespace != settings.namespace:
+        raise DeployError(f"expected the Kubernetes client for namespace {settings.namespace!r}, got one for {api.namespace!r}")
     registry.manifest(version)  # refuse an incomplete version before touching the cluster
     pointer = registry.production()
     settings = replace(settings, rollout_id=run_id)
