@@ -21,7 +21,11 @@ WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 
 def project_image() -> str:
     """The image reference to put in manifests; refuses unpinned references."""
-    image = os.environ.get("PIPELINE_IMAGE", DEFAULT_IMAGE)
+    return pinned_image(os.environ.get("PIPELINE_IMAGE", DEFAULT_IMAGE))
+
+
+def pinned_image(image: str) -> str:
+    """``image`` if it names a fixed version (a tag other than latest, or a digest), else ValueError."""
     last = image.rsplit("/", 1)[-1]
     if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
         raise ValueError(f"expected a pinned image (name:version or name@sha256:…), got {image!r}")

@@ -26,4 +26,5 @@ class TrainingError(ProjectError):
 
 
 class DeployError(ProjectError):
-    """A model could not be deployed, did not become ready, or failed its smoke request."""
+    """A deployment failed, did not become ready, or failed its smoke request; the message says why
+    (for KServe: the service's conditions and recent events)."""

@@ -1,0 +1,230 @@
+"""The KServe InferenceService for one model version: a pure function of typed settings.
+
+How the model gets into the container: the predictor is a *custom container* (the project image running
+``python -m serving``), and KServe only fetches models for custom containers through the ``STORAGE_URI``
+environment variable of the container named ``kserve-container``. The controller then injects its storage
+initializer (an init container) that downloads the version's blob prefix into an emptyDir mounted at
+``/mnt/models``, so the predictor is started with ``--model-uri /mnt/models`` and never needs Blob
+credentials itself; the serving module still verifies every file against ``MANIFEST.json``. The storage
+initializer authenticates with ``DefaultAzureCredential`` when ``AZURE_CLIENT_ID`` is set, which the workload
+identity webhook injects because the pod carries the ``azure.workload.identity/use`` label.
+
+Compatibility: the Kubeflow platform ships KServe 0.16, whose controller prunes fields it does not know.
+The builder uses only the long-standing fields listed in :data:`KSERVE_016_PREDICTOR_FIELDS` (no
+``storageUris``, ``autoScaling``, ``scaleMetricType``, ``deploymentStrategy`` or ``spec.canary``).
+
+Security context: everything is set on the container, not the pod, because Knative (Serverless mode)
+rejects pod-level ``securityContext`` fields unless its ``kubernetes.podspec-securitycontext`` flag is on.
+The read-only root filesystem gets a writable emptyDir at ``/tmp`` (Knative: ``kubernetes.podspec-volumes-emptydir``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from components.cluster import GpuProfile, WorkloadIdentity, pinned_image, project_image
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+CONTAINER_NAME = "kserve-container"  # the name KServe looks for (storage initializer, STORAGE_URI)
+MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts the model
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+SPEC_HASH_ANNOTATION = "kfp-ps-classifier/spec-hash"
+MODEL_VERSION_ANNOTATION = "kfp-ps-classifier/model-version"
+ROLLOUT_ANNOTATION = "kfp-ps-classifier/rollout-id"  # a new value forces a new revision / rolling update
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+PART_OF = "kfp-ps-classifier"
+RUN_AS_USER = 1000  # the image's non-root user (see manifests/docker/Dockerfile)
+
+# Predictor fields a KServe 0.16 controller knows; the builder emits nothing else under spec.predictor.
+KSERVE_016_PREDICTOR_FIELDS = frozenset({
+    "containers", "volumes", "serviceAccountName", "nodeSelector", "tolerations", "labels", "annotations",
+    "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent",
+})
+STORAGE_URI_PREFIXES = ("https://", "s3://", "gs://", "pvc://")
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The model name goes into URL paths (/v2/models/NAME/ready); the registry's names already fit this.
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Knative names revisions NAME-predictor-00001, and a revision name must fit a 63-character DNS label.
+MAX_NAME_LENGTH = 63 - len("-predictor-00001")
+
+
+class DeploymentMode(str, Enum):
+    SERVERLESS = "Serverless"  # Knative: revisions, canary traffic split, scale to zero
+    RAW = "RawDeployment"  # plain Deployment + HPA: rolling updates, no canary
+
+
+SCALE_METRICS = {
+    DeploymentMode.SERVERLESS: ("concurrency", "rps", "cpu", "memory"),
+    DeploymentMode.RAW: ("cpu", "memory"),  # the HPA scales on resource metrics only
+}
+
+
+@dataclass(frozen=True)
+class InferenceServiceSettings:
+    """Everything the InferenceService depends on; build one per deployment."""
+
+    name: str
+    namespace: str
+    storage_uri: str
+    model_name: str
+    image: str = field(default_factory=project_image)
+    service_account: str = "kfp-ps-serving"
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpus: int = 1
+    gpu_profile: GpuProfile = field(default_factory=GpuProfile)
+    min_replicas: int = 1
+    max_replicas: int = 3
+    scale_metric: str = "concurrency"
+    scale_target: int = 8
+    mode: DeploymentMode = DeploymentMode.SERVERLESS
+    canary_traffic_percent: int | None = None
+    http_port: int = 8080
+    model_version: int | None = None
+    rollout_id: str = ""  # the deploying run's id; set by the deploy step so every rollout starts new pods
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", DeploymentMode(self.mode))
+        pinned_image(self.image)  # ValueError for an unpinned image, whoever passed it
+        problems = settings_problems(self)
+        if problems:
+            raise ValueError("invalid InferenceService settings: " + "; ".join(problems))
+
+
+def settings_problems(s: InferenceServiceSettings) -> list[str]:
+    """What is wrong with ``s``, each as 'expected …, got …'; empty when it is valid."""
+    problems = []
+    if not NAME_PATTERN.match(s.name) or len(s.name) > MAX_NAME_LENGTH:
+        problems.append(f"expected a service name of lowercase letters, digits and '-', starting with a letter, "
+                        f"at most {MAX_NAME_LENGTH} characters, got {s.name!r}")
+    if not MODEL_NAME_PATTERN.match(s.model_name):
+        problems.append(f"expected a model name of lowercase letters, digits and '-' , got {s.model_name!r}")
+    if not s.storage_uri.startswith(STORAGE_URI_PREFIXES):
+        problems.append(f"expected a storage URI the KServe storage initializer can fetch ({', '.join(STORAGE_URI_PREFIXES)}…), "
+                        f"got {s.storage_uri!r}: push the model to Blob first")
+    if s.gpus < 0 or not 0 <= s.min_replicas <= s.max_replicas or s.max_replicas < 1:
+        problems.append(f"expected gpus >= 0 and 0 <= min_replicas <= max_replicas >= 1, "
+                        f"got gpus={s.gpus}, min_replicas={s.min_replicas}, max_replicas={s.max_replicas}")
+    if s.mode is DeploymentMode.RAW and s.min_replicas < 1:
+        problems.append(f"expected min_replicas >= 1 in RawDeployment mode (no scale to zero), got {s.min_replicas}")
+    if s.scale_metric not in SCALE_METRICS[s.mode]:
+        problems.append(f"expected scale_metric in {SCALE_METRICS[s.mode]} for {s.mode.value}, got {s.scale_metric!r}")
+    if s.canary_traffic_percent is not None and (s.mode is DeploymentMode.RAW or not 0 <= s.canary_traffic_percent <= 100):
+        problems.append(f"expected canary_traffic_percent between 0 and 100 in Serverless mode only, "
+                        f"got {s.canary_traffic_percent} in {s.mode.value}")
+    return problems
+
+
+def build_inference_service(s: InferenceServiceSettings) -> dict[str, Any]:
+    """The InferenceService manifest for ``s`` (a plain dict, ready for YAML or the Kubernetes API)."""
+    predictor = predictor_spec(s)
+    predictor["annotations"] = {**predictor["annotations"], SPEC_HASH_ANNOTATION: spec_fingerprint(predictor)}
+    if s.canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = s.canary_traffic_percent
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": s.name,
+            "namespace": s.namespace,
+            "labels": {COMPONENT_LABEL: "serving", PART_OF_LABEL: PART_OF},
+            "annotations": service_annotations(s),
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
+def service_annotations(s: InferenceServiceSettings) -> dict[str, str]:
+    annotations = {DEPLOYMENT_MODE_ANNOTATION: s.mode.value}
+    if s.mode is DeploymentMode.SERVERLESS:
+        # Gives the newest revision its own URL (tag "latest") so the smoke request reaches the canary.
+        annotations[TAG_ROUTING_ANNOTATION] = "true"
+    return annotations
+
+
+def predictor_spec(s: InferenceServiceSettings) -> dict[str, Any]:
+    identity = WorkloadIdentity(s.service_account)
+    pod_labels = {**identity.pod_labels(), COMPONENT_LABEL: "serving", PART_OF_LABEL: PART_OF}
+    annotations = {} if s.model_version is None else {MODEL_VERSION_ANNOTATION: str(s.model_version)}
+    if s.rollout_id:
+        annotations[ROLLOUT_ANNOTATION] = s.rollout_id
+    spec: dict[str, Any] = {
+        "serviceAccountName": identity.service_account,
+        "labels": pod_labels,
+        "annotations": annotations,
+        "minReplicas": s.min_replicas,
+        "maxReplicas": s.max_replicas,
+        "scaleMetric": s.scale_metric,
+        "scaleTarget": s.scale_target,
+        "containers": [predictor_container(s)],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    if s.gpus > 0:
+        spec.update(s.gpu_profile.pod_spec_fields())
+    return spec
+
+
+def predictor_container(s: InferenceServiceSettings) -> dict[str, Any]:
+    port = s.http_port
+    return {
+        "name": CONTAINER_NAME,
+        "image": s.image,
+        "command": ["python", "-m", "serving"],
+        "args": ["--model-uri", MODEL_MOUNT, "--model-name", s.model_name, "--http-port", str(port)],
+        "env": [
+            {"name": "STORAGE_URI", "value": s.storage_uri},  # KServe's trigger for the storage initializer
+            {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
+        ],
+        "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],
+        "resources": container_resources(s),
+        "readinessProbe": http_probe(f"/v2/models/{s.model_name}/ready", port, period=10, failures=3),
+        "livenessProbe": http_probe("/v2/health/live", port, period=20, failures=3, initial_delay=30),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def container_resources(s: InferenceServiceSettings) -> dict[str, dict[str, str]]:
+    gpu = s.gpu_profile.limits(s.gpus)
+    return {
+        "requests": {"cpu": s.cpu, "memory": s.memory, **gpu},
+        "limits": {"cpu": s.cpu, "memory": s.memory, **gpu},
+    }
+
+
+def http_probe(path: str, port: int, period: int, failures: int, initial_delay: int = 5) -> dict[str, Any]:
+    # The model-level path: the server-level health stays 200 even after a model is unloaded.
+    return {
+        "httpGet": {"path": path, "port": port},
+        "initialDelaySeconds": initial_delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def restricted_security_context() -> dict[str, Any]:
+    """The Pod Security Standards 'restricted' profile, container-level (see the module docstring)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def spec_fingerprint(predictor: dict[str, Any]) -> str:
+    """A short hash of the pod-shaping predictor fields; pods carry it, so a rollout can tell new pods from old."""
+    shaping = {k: v for k, v in predictor.items() if k not in ("annotations", "canaryTrafficPercent")}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

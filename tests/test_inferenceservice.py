@@ -1,0 +1,189 @@
+"""The InferenceService builder and the YAML renderer: pure functions, checked against the real CRD schema."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.cluster import GpuProfile
+from components.deploy.inferenceservice import (
+    DEPLOYMENT_MODE_ANNOTATION,
+    KSERVE_016_PREDICTOR_FIELDS,
+    SPEC_HASH_ANNOTATION,
+    TAG_ROUTING_ANNOTATION,
+    DeploymentMode,
+    InferenceServiceSettings,
+    build_inference_service,
+)
+from components.deploy.render import INFERENCE_SERVICE_FILE, render_inference_service, write_manifests
+from tests.k8s_schema import INFERENCE_SERVICE_CRD, requires_schemas, schema_errors
+
+BLOB = "https://acct.blob.core.windows.net/models/models/mnist/versions/3"
+
+
+def settings(**overrides: Any) -> InferenceServiceSettings:
+    base: dict[str, Any] = dict(name="mnist", namespace="team-a", storage_uri=BLOB, model_name="mnist",
+                                image="kfpps.azurecr.io/kfp-ps-classifier:0.1.0", model_version=3)
+    return InferenceServiceSettings(**{**base, **overrides})
+
+
+def predictor(**overrides: Any) -> dict[str, Any]:
+    return build_inference_service(settings(**overrides))["spec"]["predictor"]
+
+
+VARIANTS = {
+    "serverless-gpu": {},
+    "serverless-canary": {"canary_traffic_percent": 10},
+    "serverless-cpu-scale-to-zero": {"gpus": 0, "min_replicas": 0},
+    "raw-gpu": {"mode": DeploymentMode.RAW, "scale_metric": "cpu", "scale_target": 70},
+    "two-gpus-custom-pool": {"gpus": 2, "gpu_profile": GpuProfile(node_selector={"pool": "a100"}, taint_value="a100")},
+}
+
+
+@requires_schemas
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_validates_against_the_crd_with_no_field_dropped(variant: str) -> None:
+    manifest = build_inference_service(settings(**VARIANTS[variant]))
+
+    assert schema_errors(manifest, INFERENCE_SERVICE_CRD) == []
+
+
+@requires_schemas
+def test_the_schema_check_reports_fields_the_api_server_would_drop() -> None:
+    manifest = build_inference_service(settings())
+    manifest["spec"]["predictor"]["containers"][0]["readinessprobe"] = {}  # a typo the CRD would silently prune
+
+    assert schema_errors(manifest, INFERENCE_SERVICE_CRD) == [
+        ".spec.predictor.containers[0].readinessprobe: unknown field, the API server would drop it"
+    ]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_only_fields_a_kserve_016_controller_knows_are_sent(variant: str) -> None:
+    manifest = build_inference_service(settings(**VARIANTS[variant]))
+
+    assert set(manifest["spec"]) == {"predictor"}
+    assert set(manifest["spec"]["predictor"]) <= KSERVE_016_PREDICTOR_FIELDS
+
+
+def test_the_predictor_runs_the_serving_cli_on_the_model_the_storage_initializer_fetched() -> None:
+    (container,) = predictor()["containers"]
+
+    assert container["name"] == "kserve-container"  # the name KServe's storage initializer looks for
+    assert container["image"] == "kfpps.azurecr.io/kfp-ps-classifier:0.1.0"
+    assert container["command"] + container["args"] == [
+        "python", "-m", "serving", "--model-uri", "/mnt/models", "--model-name", "mnist", "--http-port", "8080"]
+    assert {"name": "STORAGE_URI", "value": BLOB} in container["env"]
+    assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_gpu_resources_node_selector_and_toleration_come_from_the_shared_gpu_profile() -> None:
+    spec = predictor()
+    resources = spec["containers"][0]["resources"]
+
+    assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"]["nvidia.com/gpu"] == "1"
+    assert spec["nodeSelector"] == GpuProfile().node_selector
+    assert spec["tolerations"] == GpuProfile().tolerations()
+
+
+def test_a_custom_gpu_profile_changes_selector_toleration_and_count() -> None:
+    profile = GpuProfile(node_selector={"agentpool": "gpua100"}, taint_key="gpu", taint_value="a100")
+    spec = predictor(gpus=2, gpu_profile=profile)
+
+    assert spec["nodeSelector"] == {"agentpool": "gpua100"}
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_a_cpu_only_service_stays_off_the_gpu_pool() -> None:
+    spec = predictor(gpus=0)
+
+    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert "nvidia.com/gpu" not in spec["containers"][0]["resources"]["limits"]
+
+
+def test_the_pod_runs_restricted_with_a_writable_tmp_only() -> None:
+    spec = predictor()
+    container = spec["containers"][0]
+
+    assert container["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert spec["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    assert "securityContext" not in spec  # pod-level fields are refused by Knative by default
+
+
+def test_identity_scaling_and_the_model_level_readiness_probe() -> None:
+    spec = predictor(min_replicas=2, max_replicas=5, scale_target=4)
+
+    assert spec["serviceAccountName"] == "kfp-ps-serving"
+    assert spec["labels"]["azure.workload.identity/use"] == "true"
+    assert (spec["minReplicas"], spec["maxReplicas"], spec["scaleMetric"], spec["scaleTarget"]) == (2, 5, "concurrency", 4)
+    assert spec["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/v2/models/mnist/ready", "port": 8080}
+
+
+def test_deployment_mode_is_an_annotation_and_tag_routing_comes_with_serverless_only() -> None:
+    serverless = build_inference_service(settings())["metadata"]["annotations"]
+    raw = build_inference_service(settings(mode="RawDeployment", scale_metric="cpu"))["metadata"]["annotations"]
+
+    assert serverless == {DEPLOYMENT_MODE_ANNOTATION: "Serverless", TAG_ROUTING_ANNOTATION: "true"}
+    assert raw == {DEPLOYMENT_MODE_ANNOTATION: "RawDeployment"}
+
+
+def test_canary_traffic_is_set_only_when_asked() -> None:
+    assert "canaryTrafficPercent" not in predictor()
+    assert predictor(canary_traffic_percent=20)["canaryTrafficPercent"] == 20
+
+
+def test_the_spec_hash_follows_the_pod_spec_not_the_bookkeeping_annotations() -> None:
+    def spec_hash(**overrides: Any) -> str:
+        return predictor(**overrides)["annotations"][SPEC_HASH_ANNOTATION]
+
+    assert spec_hash() == spec_hash(model_version=99, rollout_id="run-7", canary_traffic_percent=10)
+    assert spec_hash() != spec_hash(storage_uri=BLOB.replace("/3", "/4"))
+    assert spec_hash() != spec_hash(memory="4Gi")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"image": "kfpps.azurecr.io/kfp-ps-classifier:latest"}, "expected a pinned image"),
+    ({"storage_uri": "/home/me/models/mnist/versions/3"}, "expected a storage URI the KServe storage initializer can fetch"),
+    ({"name": "MNIST_v2"}, "expected a service name of lowercase letters"),
+    ({"name": "m" * 48}, "at most 47 characters"),
+    ({"mode": "RawDeployment"}, "expected scale_metric in ('cpu', 'memory') for RawDeployment, got 'concurrency'"),
+    ({"mode": "RawDeployment", "scale_metric": "cpu", "canary_traffic_percent": 10}, "in Serverless mode only"),
+    ({"min_replicas": 4, "max_replicas": 2}, "min_replicas <= max_replicas"),
+    ({"mode": "Canary"}, "'Canary' is not a valid DeploymentMode"),
+])
+def test_invalid_settings_are_refused_with_what_was_expected(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings(**overrides)
+
+
+def test_render_and_write_manifests_produce_yaml_that_reads_back_as_the_manifest(tmp_path: Path) -> None:
+    s = settings()
+    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "train"}}
+
+    written = write_manifests(tmp_path / "out", s, extra={"pytorchjob.yaml": job})
+
+    assert [p.name for p in written] == [INFERENCE_SERVICE_FILE, "pytorchjob.yaml"]
+    assert yaml.safe_load(written[0].read_text()) == build_inference_service(s)
+    assert written[0].read_text() == render_inference_service(s)
+    assert written[0].read_text().startswith("apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n")
+    assert yaml.safe_load(written[1].read_text()) == job
+
+
+def test_write_manifests_refuses_file_names_that_are_not_plain_yaml_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected a plain file name"):
+        write_manifests(tmp_path, settings(), extra={"../escape.yaml": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_are_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings().gpus = 4  # type: ignore[misc]
