@@ -3,8 +3,9 @@
 # No `from __future__ import annotations` here: kfp reads the parameter annotations as real types.
 
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
+from components.cluster import WORKLOAD_IDENTITY_LABEL
 from components.data.component import prepare_data
 from components.deploy.component import deploy_model
 from components.evaluation.component import evaluate_model
@@ -36,6 +37,10 @@ def training_pipeline(
     deploy_target: str = "local",
     serving_port: int = 8080,
     local_state_dir: str = "",
+    kserve_namespace: str = "kubeflow-user-example-com",
+    serving_gpus: int = 1,
+    deployment_mode: str = "Serverless",
+    canary_percent: int = 10,
     code_version: str = "",
 ):
     """Train an image classifier with parameter-server training, gate it, register it, and serve it.
@@ -58,9 +63,13 @@ def training_pipeline(
         tolerance: Accepted accuracy loss against the production model.
         launcher: Where training ranks run: local (processes inside the training step).
         train_timeout_s: Fail training after this many seconds.
-        deploy_target: local (a KServe model server process on this machine).
+        deploy_target: local (a KServe model server process on this machine) or kserve (an InferenceService on AKS GPU nodes).
         serving_port: HTTP port of the local model server.
         local_state_dir: Folder for the local server's pid and log.
+        kserve_namespace: Namespace of the InferenceService (deploy_target kserve).
+        serving_gpus: GPUs per predictor replica (deploy_target kserve).
+        deployment_mode: Serverless (canary, then promotion) or RawDeployment (rolling update).
+        canary_percent: Traffic share of a new revision before it is promoted (Serverless).
         code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage.
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -83,5 +92,11 @@ def training_pipeline(
     with dsl.If(evaluated.outputs["Output"] == "accepted", name="candidate-accepted"):
         deployed = deploy_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, model_name=model_name,
                                 version=pushed.outputs["version"], model_uri=pushed.outputs["model_uri"], run_id=run_id,
-                                target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir)
+                                target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir,
+                                kserve_namespace=kserve_namespace, serving_gpus=serving_gpus,
+                                deployment_mode=deployment_mode, canary_percent=canary_percent)
         deployed.set_display_name("deploy").set_caching_options(False)
+    for task in (prepared, trained, evaluated, pushed, deployed):
+        # Workload identity: the pod gets a token for the service account's Azure identity (Blob access);
+        # no key or connection string is ever a parameter. kfp.local ignores this setting.
+        kubernetes.add_pod_label(task, WORKLOAD_IDENTITY_LABEL, "true")

@@ -13,9 +13,14 @@ STEPS = ["prepare-data", "train-model", "evaluate-model", "push-model", "deploy-
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> dict:
+def documents(tmp_path_factory) -> list[dict]:
     path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
-    return yaml.safe_load(path.read_text())
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def package(documents) -> dict:
+    return documents[0]  # the pipeline spec; the second document is kfp-kubernetes' platform spec
 
 
 def test_five_steps_chained_in_order(package):
@@ -54,7 +59,13 @@ def test_pipeline_and_parameters_carry_descriptions(package):
     assert {"data_uri", "store_uri"} <= {n for n, p in params.items() if not p.get("isOptional")}
 
 
-def test_no_secret_material_in_the_package(package):
-    text = yaml.safe_dump(package)
+def test_every_step_pod_uses_workload_identity(documents):
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == 5
+    assert all(e["podMetadata"]["labels"] == {"azure.workload.identity/use": "true"} for e in executors.values())
+
+
+def test_no_secret_material_in_the_package(documents):
+    text = yaml.safe_dump_all(documents)
     for pattern in ("AccountKey=", "SharedAccessSignature", "DefaultEndpointsProtocol", "password", "client_secret"):
         assert pattern.lower() not in text.lower()

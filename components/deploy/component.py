@@ -7,7 +7,8 @@ from components.kfp_base import project_component
 
 @project_component
 def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
-                 target: str, serving_port: int, local_state_dir: str, endpoint: Output[Artifact]) -> str:
+                 target: str, serving_port: int, local_state_dir: str, kserve_namespace: str, serving_gpus: int,
+                 deployment_mode: str, canary_percent: int, endpoint: Output[Artifact]) -> str:
     """Serve the registered version, smoke-test it over REST, then make it the production version.
 
     Args:
@@ -17,16 +18,22 @@ def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, versi
         version: The registry version to deploy.
         model_uri: Store URI of that version.
         run_id: Pipeline run id, recorded with the promotion.
-        target: local (a KServe server process on this machine).
+        target: local (a KServe server process on this machine) or kserve (an InferenceService).
         serving_port: HTTP port of the local server.
         local_state_dir: Where the local server's pid and log are kept.
+        kserve_namespace: Namespace of the InferenceService (target kserve).
+        serving_gpus: GPUs per predictor replica (target kserve).
+        deployment_mode: Serverless (canary rollouts) or RawDeployment (rolling updates).
+        canary_percent: Traffic share of a new revision before promotion (Serverless).
         endpoint: The deployment record (URL, version, smoke results).
     """
     import json
 
-    from components.deploy.step import deploy
+    from components.deploy.step import KServeTarget, deploy
 
-    record = deploy(target, store_uri, dataset.metadata["prefix"], model_name, version, model_uri, run_id, serving_port, local_state_dir)
+    kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent)
+    record = deploy(target, store_uri, dataset.metadata["prefix"], model_name, version, model_uri, run_id, serving_port,
+                    local_state_dir, kserve)
     with open(endpoint.path, "w") as f:
         json.dump(record, f, indent=2)
     endpoint.metadata.update({"url": record["url"], "version": version})

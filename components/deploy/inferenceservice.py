@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from components.cluster import GpuProfile, WorkloadIdentity, pinned_image, project_image
@@ -56,7 +56,7 @@ MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_NAME_LENGTH = 63 - len("-predictor-00001")
 
 
-class DeploymentMode(str, Enum):
+class DeploymentMode(StrEnum):
     SERVERLESS = "Serverless"  # Knative: revisions, canary traffic split, scale to zero
     RAW = "RawDeployment"  # plain Deployment + HPA: rolling updates, no canary
 

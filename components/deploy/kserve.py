@@ -215,6 +215,9 @@ class SystemClock:
         time.sleep(seconds)
 
 
+SYSTEM_CLOCK = SystemClock()
+
+
 class StepCancelled(BaseException):
     """SIGTERM arrived: KFP cancels a run by terminating its pods. Like KeyboardInterrupt, not an Exception."""
 
@@ -269,7 +272,7 @@ def deploy_to_kserve(
     run_id: str,
     smoke: Smoke,
     policy: RolloutPolicy = RolloutPolicy(),
-    clock: Clock = SystemClock(),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> DeploymentRecord:
     """Roll ``version`` out to the InferenceService ``settings`` describe; promote it or roll back (see module doc)."""
     if api.namespace != settings.namespace:
@@ -301,7 +304,7 @@ def deploy_registry_version(
     api: InferenceServiceApi | None = None,
     smoke: Smoke | None = None,
     policy: RolloutPolicy = RolloutPolicy(),
-    clock: Clock = SystemClock(),
+    clock: Clock = SYSTEM_CLOCK,
     **settings_fields: Any,
 ) -> DeploymentRecord:
     """The deploy step's one call: serve ``version`` of the registry's model from its own storage URI.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,46 @@ from components.deploy import local
 from components.registry import Registry
 from components.store import open_store
 
-TARGETS = ("local",)
+TARGETS = ("local", "kserve")
 SMOKE_IMAGES = 2
 
 
+@dataclass(frozen=True)
+class KServeTarget:
+    """Where and how target ``kserve`` deploys (the rest comes from InferenceServiceSettings' defaults)."""
+
+    namespace: str
+    gpus: int = 1
+    mode: str = "Serverless"
+    canary_percent: int = 10
+
+
 def deploy(target: str, store_uri: str, dataset_prefix: str, model_name: str, version: int, model_uri: str,
-           run_id: str, serving_port: int, state_dir: str) -> dict[str, Any]:
-    """Deploy, smoke-test with test images, then move the production pointer (compare-and-swap)."""
+           run_id: str, serving_port: int, state_dir: str, kserve: KServeTarget | None = None) -> dict[str, Any]:
+    """Deploy, smoke-test, then move the production pointer (compare-and-swap)."""
     if target not in TARGETS:
         raise ValueError(f"expected deploy target in {TARGETS}, got {target!r}")
+    if target == "kserve":
+        return deploy_kserve(store_uri, model_name, version, run_id, kserve)
+    return deploy_local(store_uri, dataset_prefix, model_name, version, model_uri, run_id, serving_port, state_dir)
+
+
+def deploy_kserve(store_uri: str, model_name: str, version: int, run_id: str, target: KServeTarget | None) -> dict[str, Any]:
+    """Create or update the InferenceService on the cluster (canary in Serverless mode) and promote."""
+    from components.deploy.kserve import deploy_registry_version
+
+    if target is None or not target.namespace:
+        raise ValueError("expected a Kubernetes namespace for deploy target kserve, got none")
+    registry = Registry(open_store(store_uri), model_name)
+    canary = target.canary_percent if target.mode == "Serverless" and 0 < target.canary_percent < 100 else None
+    record = deploy_registry_version(registry, version, run_id, target.namespace, model_name, gpus=target.gpus,
+                                     mode=target.mode, canary_traffic_percent=canary, rollout_id=run_id)
+    return {"target": "kserve", **record.to_dict()}
+
+
+def deploy_local(store_uri: str, dataset_prefix: str, model_name: str, version: int, model_uri: str, run_id: str,
+                 serving_port: int, state_dir: str) -> dict[str, Any]:
+    """Start the local KServe server, smoke-test it with test images over v1 and v2, then promote."""
     if not state_dir:
         raise ValueError("expected local_state_dir (where the local server's pid and log live), got an empty string")
     registry = Registry(open_store(store_uri), model_name)
@@ -35,7 +67,7 @@ def deploy(target: str, store_uri: str, dataset_prefix: str, model_name: str, ve
             local.stop(Path(state_dir))  # a model that fails its smoke request is not left serving
     registry.promote(version, actor=f"pipeline-run:{run_id}", expected=before, reason="deployed by pipeline")
     return {
-        "target": target,
+        "target": "local",
         "url": endpoint.url,
         "model_name": model_name,
         "version": version,
