@@ -38,6 +38,11 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def version_key(name: str, version: int) -> str:
+    """Where version ``version`` of model ``name`` lives, relative to the store root."""
+    return join_key("models", name, "versions", str(version))
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -56,7 +61,7 @@ class Registry:
         self.root = join_key("models", name)
 
     def version_prefix(self, version: int) -> str:
-        return join_key(self.root, "versions", str(version))
+        return version_key(self.name, version)
 
     def version_uri(self, version: int) -> str:
         return f"{self.store.uri.rstrip('/')}/{self.version_prefix(version)}"

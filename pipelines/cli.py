@@ -2,6 +2,7 @@
 
     python -m pipelines compile --output pipeline.yaml
     python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …]
+    python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]
 """
 
@@ -49,6 +50,33 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(local_run.format_summary(summary, args.workdir))
 
 
+def pipeline_defaults() -> dict[str, object]:
+    import inspect
+
+    from pipelines.pipeline import training_pipeline
+
+    params = inspect.signature(training_pipeline.pipeline_func).parameters.items()
+    return {name: p.default for name, p in params if p.default is not inspect.Parameter.empty}
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    """Write the manifests the cluster steps would create for these parameters, for review."""
+    from components.deploy.inferenceservice import InferenceServiceSettings
+    from components.deploy.render import write_manifests
+    from components.deploy.step import KServeTarget
+    from components.registry import version_key
+
+    p = {**pipeline_defaults(), "store_uri": "https://ACCOUNT.blob.core.windows.net/models", **parse_params(args.param, pipeline_signature())}
+    target = KServeTarget(p["kserve_namespace"], p["serving_gpus"], p["deployment_mode"], p["canary_percent"])
+    settings = InferenceServiceSettings(
+        name=p["model_name"], namespace=p["kserve_namespace"], model_name=p["model_name"], model_version=args.version,
+        storage_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",
+        **target.settings_fields(),
+    )
+    for path in write_manifests(args.output_dir, settings):
+        print(f"wrote {path}")
+
+
 def cmd_stop(args: argparse.Namespace) -> None:
     from components.deploy.local import stop
 
@@ -68,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path(".work"), help="local store, KFP outputs and server state")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("render", help="write the manifests the cluster steps would create (for review)")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--version", type=int, default=1, help="registry version the InferenceService would serve")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
+    p.set_defaults(func=cmd_render)
     p = sub.add_parser("stop", help="stop the local model server that `run --local` started")
     p.add_argument("--workdir", type=Path, default=Path(".work"))
     p.set_defaults(func=cmd_stop)

@@ -69,3 +69,17 @@ def test_no_secret_material_in_the_package(documents):
     text = yaml.safe_dump_all(documents)
     for pattern in ("AccountKey=", "SharedAccessSignature", "DefaultEndpointsProtocol", "password", "client_secret"):
         assert pattern.lower() not in text.lower()
+
+
+def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
+    from pipelines.cli import main
+
+    main(["render", "--output-dir", str(tmp_path), "--version", "7", "--param", "store_uri=https://acct.blob.core.windows.net/models",
+          "--param", "deployment_mode=RawDeployment", "--param", "serving_gpus=2"])
+    isvc = yaml.safe_load((tmp_path / "inferenceservice.yaml").read_text())
+    predictor = isvc["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    storage = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
+    assert storage == "https://acct.blob.core.windows.net/models/models/digits/versions/7"

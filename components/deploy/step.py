@@ -24,6 +24,18 @@ class KServeTarget:
     mode: str = "Serverless"
     canary_percent: int = 10
 
+    def settings_fields(self) -> dict[str, Any]:
+        """InferenceServiceSettings fields these pipeline parameters imply (render and deploy share this)."""
+        serverless = self.mode == "Serverless"
+        return {
+            "gpus": self.gpus,
+            "mode": self.mode,
+            # A canary only exists in Serverless mode; RawDeployment rolls pods and scales on CPU (HPA).
+            "canary_traffic_percent": self.canary_percent if serverless and 0 < self.canary_percent < 100 else None,
+            "scale_metric": "concurrency" if serverless else "cpu",
+            "scale_target": 8 if serverless else 70,
+        }
+
 
 def deploy(target: str, store_uri: str, dataset_prefix: str, model_name: str, version: int, model_uri: str,
            run_id: str, serving_port: int, state_dir: str, kserve: KServeTarget | None = None) -> dict[str, Any]:
@@ -42,9 +54,8 @@ def deploy_kserve(store_uri: str, model_name: str, version: int, run_id: str, ta
     if target is None or not target.namespace:
         raise ValueError("expected a Kubernetes namespace for deploy target kserve, got none")
     registry = Registry(open_store(store_uri), model_name)
-    canary = target.canary_percent if target.mode == "Serverless" and 0 < target.canary_percent < 100 else None
-    record = deploy_registry_version(registry, version, run_id, target.namespace, model_name, gpus=target.gpus,
-                                     mode=target.mode, canary_traffic_percent=canary, rollout_id=run_id)
+    record = deploy_registry_version(registry, version, run_id, target.namespace, model_name, rollout_id=run_id,
+                                     **target.settings_fields())
     return {"target": "kserve", **record.to_dict()}
 
 
