@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import tracemalloc
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from components.errors import ConflictError, NotFoundError, StoreError
 from components.store import LocalStore, Store, open_store
 from tests.azurite import Azurite
 from tests.flaky_proxy import flaky_proxy
+from tests.helpers import run_together
 
 LARGE_FILE_MIB = 64
 # Backoff of 0.05 s + 0.1**n s: the retry tests wait milliseconds, not the production seconds.
@@ -44,26 +44,6 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def run_together(*calls):
-    """Run the calls in threads released at the same moment; return each one's result or exception."""
-    barrier = threading.Barrier(len(calls))
-    results: list[object] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = calls[index]()
-        except StoreError as exc:
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 # -- the contract, on both backends ---------------------------------------------------------------
