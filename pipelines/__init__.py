@@ -1,0 +1,1 @@
+"""Pipeline wiring (:mod:`pipelines.pipeline`) and the command line (``python -m pipelines``)."""
