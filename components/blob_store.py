@@ -123,8 +123,7 @@ class BlobLocation:
 def redact_uri(uri: str) -> str:
     """``uri`` without user info, query string or fragment: safe to show in a message."""
     parts = urlsplit(uri)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = parts.netloc.rsplit("@", 1)[-1]
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
@@ -146,11 +145,15 @@ def parse_blob_uri(uri: str, connection_endpoint: str | None) -> BlobLocation:
             "expected a store URI without user, query string or fragment (keys and SAS tokens come from the "
             f"environment, never from a URI), got {redact_uri(uri)} with those parts removed"
         )
+    try:
+        port = parts.port
+    except ValueError:  # urllib's way of saying the port is not a number in range
+        raise StoreError(f"expected a host and an optional numeric port in the store URI, got {redact_uri(uri)}") from None
     base = normalize_endpoint(f"{parts.scheme}://{parts.netloc}")
     path = parts.path
     if connection_endpoint and _is_under(base + path, connection_endpoint):
         endpoint, rest, from_env = connection_endpoint, (base + path)[len(connection_endpoint) :], True
-    elif parts.scheme == "https" and AZURE_BLOB_HOST.match(parts.hostname or "") and parts.port is None:
+    elif parts.scheme == "https" and AZURE_BLOB_HOST.match(parts.hostname or "") and port is None:
         endpoint, rest, from_env = base, path, False
     else:
         found_env = f"set, for endpoint {connection_endpoint}" if connection_endpoint else "not set"

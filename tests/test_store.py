@@ -230,6 +230,7 @@ def test_azurite_uri_is_matched_to_the_connection_string_endpoint() -> None:
         ("https://myaccount.blob.core.windows.net/data/a/../b", "expected a relative key"),
         ("https://myaccount.blob.core.windows.net/data?sv=2024&sig=SECRETSIG", "without user, query string or fragment"),
         ("https://user:SECRETPW@myaccount.blob.core.windows.net/data", "without user, query string or fragment"),
+        ("http://127.0.0.1:port/devstoreaccount1/data", "expected a host and an optional numeric port"),
     ],
 )
 def test_bad_blob_uris_are_rejected_saying_what_was_expected(uri: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
