@@ -17,6 +17,14 @@ class ConflictError(StoreError):
     """A conditional write lost: the object exists already or changed since it was read."""
 
 
+class NotFoundError(StoreError):
+    """The object a read asked for does not exist (as opposed to one that could not be read)."""
+
+
+class RegistryError(ProjectError):
+    """The model registry cannot do what was asked (for example: there is nothing to roll back to)."""
+
+
 class ModelFormatError(ProjectError):
     """A model-version folder is incomplete, tampered with, or describes an unknown model."""
 

@@ -10,6 +10,11 @@ Layout under the store root::
 
 Two pushes racing for the same number: one claim succeeds, the other moves on to N+1. Two promotions
 racing: one compare-and-swap wins, the other raises :class:`ConflictError`.
+
+A pointer record names the change (``change_id``), its action (``promote`` or ``rollback``), the version
+before and after, who made it, why and when. It is written to the pointer first (the compare-and-swap) and
+then to the history under ``history/<change_id>.json``; a change whose history record is missing (the
+writer died in between) is still reported by :meth:`Registry.history` and recorded by the next change.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.errors import ConflictError, ModelFormatError, StoreError
+from components.errors import ConflictError, ModelFormatError, NotFoundError, RegistryError, StoreError
 from components.modelfile import MANIFEST_FILE, build_manifest, verify_manifest
 from components.store import LocalStore, Store, join_key, open_store
 
@@ -32,6 +37,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise ``ValueError``."""
     # The name ends up in blob paths and Kubernetes object names: keep it DNS-label safe.
     if not NAME_PATTERN.match(name):
         raise ValueError(f"expected a model name of lowercase letters, digits and '-' (max 63), got {name!r}")
@@ -44,26 +50,52 @@ def version_key(name: str, version: int) -> str:
 
 
 def now_iso() -> str:
+    """The current UTC time, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_change_id() -> str:
+    """A unique id for a pointer change that sorts by time (microseconds, then a random suffix)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def production_stack(history: list[dict[str, Any]]) -> list[int]:
+    """Replay pointer changes, oldest first: a promotion pushes its version, a rollback pops one.
+
+    The top is the current production version; the one below it is where a rollback goes.
+    """
+    stack: list[int] = []
+    for record in history:
+        if record.get("action") == "rollback" and stack:
+            stack.pop()
+        if not stack or stack[-1] != record["version"]:
+            stack.append(record["version"])
+    return stack
 
 
 @dataclass(frozen=True)
 class Pointer:
+    """The production pointer as read: its version (None: nothing in production), ETag and record."""
+
     version: int | None
     etag: str | None
     record: dict[str, Any]
 
 
 class Registry:
+    """Numbered, immutable versions of one model and its production pointer, in a store."""
+
     def __init__(self, store: Store, name: str):
         self.store = store
         self.name = validate_model_name(name)
         self.root = join_key("models", name)
 
     def version_prefix(self, version: int) -> str:
+        """The key prefix of ``version``'s files."""
         return version_key(self.name, version)
 
     def version_uri(self, version: int) -> str:
+        """A store URI whose root is ``version``'s folder (what the predictor and KServe load)."""
         return f"{self.store.uri.rstrip('/')}/{self.version_prefix(version)}"
 
     # -- versions -----------------------------------------------------------------------------
@@ -97,10 +129,12 @@ class Registry:
         return sorted(int(m.group(1)) for k in keys if (m := _VERSION_KEY.search(k)) and k.endswith("/" + MANIFEST_FILE))
 
     def manifest(self, version: int) -> dict[str, Any]:
+        """The manifest of a complete version; :class:`ModelFormatError` when it has none."""
         key = join_key(self.version_prefix(version), MANIFEST_FILE)
         try:
             return json.loads(self.store.read_bytes(key))
-        except StoreError:
+        except NotFoundError:
+            # Only a missing manifest means "no such version"; an unreadable or tampered one raises as it is.
             raise ModelFormatError(f"{self.name} has no complete version {version} (no {MANIFEST_FILE}); versions: {self.versions()}") from None
 
     def download(self, version: int, dest: Path) -> dict[str, Any]:
@@ -108,6 +142,8 @@ class Registry:
         manifest = self.manifest(version)
         dest.mkdir(parents=True, exist_ok=True)
         for name in [*manifest["files"], MANIFEST_FILE]:
+            if "/" in name or name in (".", ".."):
+                raise ModelFormatError(f"expected plain file names in {self.name} version {version}'s manifest, found {name!r}")
             self.store.download_file(join_key(self.version_prefix(version), name), dest / name)
         verify_manifest(dest)
         return manifest
@@ -115,6 +151,7 @@ class Registry:
     # -- production pointer ---------------------------------------------------------------------
 
     def production(self) -> Pointer:
+        """The production pointer as it is now (version None when nothing was promoted yet)."""
         found = self.store.read_with_etag(join_key(self.root, POINTER_FILE))
         if found is None:
             return Pointer(None, None, {})
@@ -123,20 +160,49 @@ class Registry:
 
     def promote(self, version: int, actor: str, expected: Pointer | None = None, reason: str = "") -> Pointer:
         """Point production at ``version``; lose with :class:`ConflictError` if the pointer moved since ``expected``."""
+        return self._move_pointer(version, "promote", actor, expected, reason)
+
+    def rollback(self, actor: str, expected: Pointer | None = None, reason: str = "") -> Pointer:
+        """Point production back at the version that was in production before the current one."""
+        current = expected if expected is not None else self.production()
+        stack = production_stack(self.history())
+        if current.version is None or len(stack) < 2 or stack[-1] != current.version:
+            raise RegistryError(
+                f"expected an earlier production version of {self.name} to roll back to, found none "
+                f"(production: {current.version}, promotions still in effect: {stack})"
+            )
+        return self._move_pointer(stack[-2], "rollback", actor, current, reason)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every change of the production pointer, oldest first."""
+        keys = self.store.list(join_key(self.root, "history"))
+        records = [json.loads(self.store.read_bytes(k)) for k in keys]
+        pointer = self.production().record
+        if pointer and pointer.get("change_id") not in {r.get("change_id") for r in records}:
+            records.append(pointer)  # its writer died before recording it; the next change records it
+        return records
+
+    def _move_pointer(self, version: int, action: str, actor: str, expected: Pointer | None, reason: str) -> Pointer:
         self.manifest(version)  # only complete versions can be promoted
         current = expected if expected is not None else self.production()
-        record = {"version": version, "previous": current.version, "by": actor, "reason": reason, "at": now_iso()}
-        etag = self.store.write_if_match(join_key(self.root, POINTER_FILE), json.dumps(record, indent=2).encode(), current.etag)
+        if current.record.get("change_id"):
+            self._append_history(current.record)  # no-op unless the previous writer died before recording it
+        record = {"version": version, "previous": current.version, "action": action, "by": actor,
+                  "reason": reason, "at": now_iso(), "change_id": new_change_id()}
+        try:
+            etag = self.store.write_if_match(join_key(self.root, POINTER_FILE), json.dumps(record, indent=2).encode(), current.etag)
+        except ConflictError:
+            now = self.production().version
+            raise ConflictError(
+                f"{action} of {self.name} to version {version} lost a race: expected production at version "
+                f"{current.version}, found it moved to version {now} by another writer; re-read and retry"
+            ) from None
         self._append_history(record)
         return Pointer(version, etag, record)
 
-    def history(self) -> list[dict[str, Any]]:
-        keys = self.store.list(join_key(self.root, "history"))
-        return [json.loads(self.store.read_bytes(k)) for k in keys]
-
-    def _append_history(self, record: dict[str, Any]) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        self.store.create_exclusive(join_key(self.root, "history", f"{stamp}-{uuid.uuid4().hex[:8]}.json"), json.dumps(record).encode())
+    def _append_history(self, record: dict[str, Any]) -> bool:
+        key = join_key(self.root, "history", f"{record['change_id']}.json")
+        return self.store.create_exclusive(key, json.dumps(record, indent=2).encode())
 
 
 _VERSION_KEY = re.compile(r"/versions/(\d+)/")

@@ -3,7 +3,9 @@
 A store URI names a root; everything below it is addressed by a relative, ``/``-separated key.
 
 - a local path or ``file:///abs/path``: :class:`LocalStore` (the embedded default);
-- ``https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]``: Azure Blob (added with the Blob backend).
+- ``https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]``, or a URI under the blob endpoint of the
+  connection string in ``AZURE_STORAGE_CONNECTION_STRING`` (Azurite):
+  :class:`components.blob_store.BlobStore` (its docstring has the exact rules).
 
 Connection strings and keys never appear in a URI: credentials come from the environment.
 Writes are atomic (a reader sees the old object or the new one, never half of one), and two
@@ -24,7 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from components.errors import ConflictError, StoreError
+from components.errors import ConflictError, NotFoundError, StoreError
+
+LOCAL_PRIVATE_PREFIXES = (".tmp-", ".lock-")  # LocalStore's own temporary and lock files
 
 
 def validate_key(key: str) -> str:
@@ -47,7 +51,7 @@ class Store(ABC):
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
-        """Return the object's bytes; raise :class:`StoreError` when it does not exist."""
+        """Return the object's bytes; raise :class:`NotFoundError` when it does not exist."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -59,7 +63,7 @@ class Store(ABC):
 
     @abstractmethod
     def download_file(self, key: str, path: Path) -> None:
-        """Copy the object to a local file, streaming."""
+        """Copy the object to a local file, streaming; raise :class:`NotFoundError` when it does not exist."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -113,7 +117,7 @@ class LocalStore(Store):
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"no object {key!r} in store {self.uri}") from None
+            raise NotFoundError(f"no object {key!r} in store {self.uri}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._atomic_target(key) as tmp:
@@ -124,10 +128,10 @@ class LocalStore(Store):
             shutil.copyfile(path, tmp)
 
     def download_file(self, key: str, path: Path) -> None:
-        try:
-            shutil.copyfile(self._path(key), path)
-        except FileNotFoundError:
-            raise StoreError(f"no object {key!r} in store {self.uri}") from None
+        source = self._path(key)
+        if not source.is_file():
+            raise NotFoundError(f"no object {key!r} in store {self.uri}")
+        shutil.copyfile(source, path)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -137,21 +141,23 @@ class LocalStore(Store):
         if not base.is_dir():
             return [join_key(prefix)] if base.is_file() else []
         keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-        return sorted(k for k in keys if not Path(k).name.startswith(".tmp-"))
+        return sorted(k for k in keys if not Path(k).name.startswith(LOCAL_PRIVATE_PREFIXES))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._temp_beside(path)
         try:
-            # O_EXCL makes the existence check and the creation one atomic step.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            tmp.write_bytes(data)
+            # link() fails when the target exists: the check and the creation are one atomic step, and
+            # a reader never sees the object before its content is complete (O_EXCL would show it empty).
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
@@ -176,14 +182,19 @@ class LocalStore(Store):
             self.write_bytes(key, data)
         return _etag(data)
 
-    @contextmanager
-    def _atomic_target(self, key: str) -> Iterator[Path]:
-        path = self._path(key)
+    @staticmethod
+    def _temp_beside(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         tmp.chmod(0o644)  # mkstemp creates 0600; stored objects are ordinary readable files
+        return tmp
+
+    @contextmanager
+    def _atomic_target(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        tmp = self._temp_beside(path)
         try:
             yield tmp
             os.replace(tmp, path)
@@ -205,7 +216,12 @@ def open_store(uri: str) -> Store:
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise StoreError(f"expected file:///absolute/path, got {uri!r} (host {parsed.netloc!r})")
         return LocalStore(Path(path).expanduser())
+    if parsed.scheme in ("http", "https"):
+        # Imported here: the Azure SDK is only loaded for Blob URIs.
+        from components.blob_store import BlobStore
+
+        return BlobStore.from_uri(uri)
     raise StoreError(
         "expected a local path, file:///path or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX, "
-        f"got {uri!r}"
+        f"got a URI with scheme {parsed.scheme!r}: {parsed.scheme}://{parsed.hostname or ''}{parsed.path}"
     )

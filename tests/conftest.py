@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled sample, a prepared data set, and a registered (untrained) model version.
+"""Shared fixtures: the bundled sample, a prepared data set, a model version, and (from
+:mod:`tests.azurite`) the storage fixtures that run every store test against both backends.
 
 Everything is real and local: files in ``tmp_path`` folders, processes on 127.0.0.1.
 """
@@ -16,6 +17,7 @@ from components.data.prepare import DatasetInfo, SplitConfig, prepare
 from components.data.sample import write_sample
 from components.modelfile import MANIFEST_FILE, METRICS_FILE, ModelCard, build_manifest, save_model
 from components.nets import build_model
+from tests.azurite import azurite, store_uri  # noqa: F401  (the storage fixtures; pytest finds fixtures by name)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,177 @@
+"""``python -m pipelines registry …``: see and move a model registry by hand.
+
+    registry list     --store URI --model NAME                  versions, metrics, lineage; * marks production
+    registry show     --store URI --model NAME [--version N]    one manifest (default: the production version)
+    registry history  --store URI --model NAME                  every change of the production pointer
+    registry promote  --store URI --model NAME --version N [--reason TEXT] [--actor WHO]
+    registry rollback --store URI --model NAME [--reason TEXT] [--actor WHO]
+
+Promote and rollback are compare-and-swap writes on the pointer: when another run moves it at the same
+moment, the command fails and says where the pointer went. :func:`add_registry_commands` plugs these into
+the project's CLI; every handler raises a :class:`ProjectError` with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from components.errors import ProjectError
+from components.registry import Registry, validate_model_name
+from components.store import open_store
+
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One line of ``registry list``: a version's headline metrics and lineage."""
+
+    version: int
+    accuracy: str
+    verdict: str
+    created: str
+    run_id: str
+    git_commit: str
+    dataset_hash: str
+
+
+def summarize_manifest(manifest: dict[str, Any]) -> VersionRow:
+    """The list row for a manifest; fields a manifest lacks show as ``-``."""
+    metrics = manifest.get("metrics") or {}
+    accuracy = metrics.get("accuracy", (metrics.get("candidate") or {}).get("accuracy"))
+    verdict = manifest.get("verdict") or {}
+    lineage = manifest.get("lineage") or {}
+    return VersionRow(
+        version=int(manifest["version"]),
+        accuracy=f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else MISSING,
+        verdict=str(verdict.get("decision", MISSING) if isinstance(verdict, dict) else verdict),
+        created=str(manifest.get("created_at", MISSING)),
+        run_id=str(lineage.get("run_id") or MISSING),
+        git_commit=str(lineage.get("git_commit") or lineage.get("code_version") or MISSING)[:12],
+        dataset_hash=str(lineage.get("dataset_hash") or MISSING)[:19],
+    )
+
+
+def format_versions(rows: list[VersionRow], production: int | None) -> str:
+    """A fixed-width table of ``rows``, the production version marked with ``*``."""
+    header = ("", "VERSION", "ACCURACY", "VERDICT", "CREATED", "RUN ID", "GIT COMMIT", "DATASET HASH")
+    lines = [header] + [
+        ("*" if r.version == production else "", str(r.version), r.accuracy, r.verdict, r.created, r.run_id,
+         r.git_commit, r.dataset_hash)
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_change(record: dict[str, Any]) -> str:
+    """One pointer change as a line: when, what, from which version to which, who and why."""
+    reason = f"  ({record['reason']})" if record.get("reason") else ""
+    return (f"{record.get('at', MISSING)}  {record.get('action', 'promote'):8}  "
+            f"{record.get('previous') or 'none'} -> {record['version']}  by {record.get('by', MISSING)}{reason}")
+
+
+def default_actor() -> str:
+    """Who an unattributed change is recorded as: this user on this host, through this CLI."""
+    user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    return f"{user}@{socket.gethostname()} (registry CLI)"
+
+
+def open_registry(args: argparse.Namespace) -> Registry:
+    """The registry that ``--store`` and ``--model`` name."""
+    return Registry(open_store(args.store), args.model)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    registry = open_registry(args)
+    versions = registry.versions()
+    if not versions:
+        print(f"no versions of {registry.name} in {registry.store.uri}")
+        return
+    rows = [summarize_manifest(registry.manifest(v)) for v in versions]
+    print(format_versions(rows, registry.production().version))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    registry = open_registry(args)
+    version = args.version if args.version is not None else registry.production().version
+    if version is None:
+        raise ProjectError(f"expected --version N or a production version of {registry.name}, found neither "
+                           f"(versions: {registry.versions()})")
+    print(json.dumps(registry.manifest(version), indent=2, sort_keys=True))
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    registry = open_registry(args)
+    records = registry.history()
+    print("\n".join(format_change(r) for r in records) if records else f"{registry.name} was never promoted")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    pointer = open_registry(args).promote(args.version, args.actor, reason=args.reason)
+    print(f"production of {args.model}: {format_change(pointer.record)}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    pointer = open_registry(args).rollback(args.actor, reason=args.reason)
+    print(f"production of {args.model}: {format_change(pointer.record)}")
+
+
+def model_name_arg(value: str) -> str:
+    """argparse type for ``--model`` that keeps the validator's message."""
+    try:
+        return validate_model_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def version_arg(value: str) -> int:
+    """argparse type for ``--version``: a positive integer."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a version number (1, 2, …), got {value!r}")
+    return int(value)
+
+
+def add_registry_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``registry list|show|history|promote|rollback`` to a CLI; each sets ``func`` to its handler."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", required=True, metavar="URI", help="store URI holding the registry (path, file://, https://…blob…)")
+    common.add_argument("--model", required=True, type=model_name_arg, metavar="NAME", help="model name in the registry")
+    registry = subparsers.add_parser("registry", help="see model versions and move the production pointer")
+    commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    commands.add_parser("list", parents=[common], help="versions with metrics and lineage; * marks production").set_defaults(func=cmd_list)
+    show = commands.add_parser("show", parents=[common], help="print one version's manifest")
+    show.add_argument("--version", type=version_arg, help="version number (default: the production version)")
+    show.set_defaults(func=cmd_show)
+    commands.add_parser("history", parents=[common], help="every change of the production pointer").set_defaults(func=cmd_history)
+    moves = argparse.ArgumentParser(add_help=False)
+    moves.add_argument("--reason", default="", help="why, recorded in the audit history")
+    moves.add_argument("--actor", default=default_actor(), help="who, recorded in the audit history (default: user@host)")
+    promote = commands.add_parser("promote", parents=[common, moves], help="point production at a version")
+    promote.add_argument("--version", type=version_arg, required=True, help="version number to promote")
+    promote.set_defaults(func=cmd_promote)
+    commands.add_parser("rollback", parents=[common, moves], help="point production back at the previous production version").set_defaults(func=cmd_rollback)
+    return registry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one registry command (the same handlers ``python -m pipelines registry`` runs); return the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description="Operate the model registry.")
+    add_registry_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ProjectError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
