@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-installed
+NODE_STAMP := node_modules/.package-lock.json
 WORKDIR ?= .work
 REGISTRY ?= kfpps.azurecr.io
 IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
@@ -14,7 +15,7 @@ IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pypro
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(DEPS_STAMP) ## create .venv with the pinned packages (fast when nothing changed)
+setup: $(DEPS_STAMP) $(NODE_STAMP) ## create .venv with the pinned packages and Azurite (fast when nothing changed)
 
 # Re-runs only when the lock or pyproject changes: `make setup` is idempotent and quick otherwise.
 $(DEPS_STAMP): requirements.lock pyproject.toml
@@ -22,6 +23,10 @@ $(DEPS_STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
+
+# Azurite (the Azure Storage emulator) for the Blob tests, pinned by package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 
 run: setup ## run the whole pipeline locally (kfp.local), deploy it, print a REST prediction
 	$(PY) -m pipelines run --local --workdir $(WORKDIR)

@@ -4,6 +4,7 @@
     python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …]
     python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]
+    python -m pipelines registry list|show|promote|rollback|history --store URI --model NAME …
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from components.errors import ProjectError
 from pipelines.params import parse_params, signature_types
+from pipelines.registry_cli import add_registry_commands
 
 
 def pipeline_signature() -> dict[str, type]:
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop the local model server that `run --local` started")
     p.add_argument("--workdir", type=Path, default=Path(".work"))
     p.set_defaults(func=cmd_stop)
+    add_registry_commands(sub)
     return parser
 
 
