@@ -46,7 +46,18 @@ def local_arguments(workdir: Path, data_uri: str | None, overrides: dict[str, An
         "local_state_dir": str(workdir / "serving"),
         "code_version": git_commit(),
     }
-    return {**arguments, **overrides}
+    arguments = {**arguments, **overrides}
+    _ensure_store(arguments["store_uri"])
+    return arguments
+
+
+def _ensure_store(uri: str) -> None:
+    """A Blob container is created on first use (a local folder is created by its first write)."""
+    from components.blob_store import BlobStore
+
+    store = open_store(uri)
+    if isinstance(store, BlobStore):
+        store.ensure_container()
 
 
 def run_local(workdir: Path, arguments: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ from serving.client import predict_v1
 from tests.conftest import free_port
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_unknown_parameter_lists_the_real_ones(tmp_path):
@@ -55,5 +57,25 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         assert "worse than production" in registry.manifest(2)["verdict"]["reason"]
         assert registry.production().version == 1
         assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].endswith("/versions/1")
+    finally:
+        stop(tmp_path / "serving")
+
+
+@pytest.mark.slow
+def test_whole_pipeline_through_azure_blob_on_azurite(azurite, tmp_path):
+    """Prepared data, training ranks, registry and predictor all go through the real Blob API."""
+    store_uri = azurite.store_uri("pipeline-store")  # run --local creates the container
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    port = str(free_port())
+    try:
+        result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", f"store_uri={store_uri}", "--param", "epochs=2",
+                         "--param", "accuracy_threshold=0.0", "--param", f"serving_port={port}", env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert azurite.account_key not in result.stdout + result.stderr  # the key never reaches a log line
+        listing = run_cli("registry", "list", "--store", store_uri, "--model", "digits", env=env)
+        assert listing.returncode == 0, listing.stderr
+        row = next(line for line in listing.stdout.splitlines() if line.startswith("*"))
+        assert row.split()[1] == "1" and "accepted" in row  # version 1, in production, with its verdict
+        assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].startswith(store_uri)
     finally:
         stop(tmp_path / "serving")
