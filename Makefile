@@ -10,7 +10,7 @@ REGISTRY ?= kfpps.azurecr.io
 IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop test test-fast lint compile lock clean
+.PHONY: help setup run stop test test-fast lint compile images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ lint: setup ## static checks (ruff)
 
 compile: setup ## write the pipeline package for the Kubeflow UI to build/pipeline.yaml
 	$(PY) -m pipelines compile --output build/pipeline.yaml
+
+IMAGE ?= $(REGISTRY)/kfp-ps-classifier:$(IMAGE_TAG)
+
+images: ## build the project image (pipeline steps, training, serving) tagged for $(REGISTRY) (needs docker)
+	docker build -f manifests/docker/Dockerfile -t $(IMAGE) .
+	@echo "built $(IMAGE); push it with: docker push $(IMAGE)"
 
 lock: ## re-resolve the pinned dependency tree into requirements.lock (needs the registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
