@@ -45,6 +45,7 @@ _TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 _PROBE_TIMEOUT_S = (10, 30)  # connect, read: fail fast on an endpoint that drops packets
 _PAGE_SIZE = 100
 _MAX_PAGES = 100
+_WRONG_URL_HINT = "; is the URL the pipelines API? In a Kubeflow platform it ends in /pipeline"
 MANAGED_DESCRIPTION = "Managed as code by `python -m pipelines schedule`; changes made in the UI are replaced."
 
 
@@ -170,17 +171,21 @@ def connect(host: Optional[str], namespace: Optional[str], token: Optional[str])
 def check_access(client: KfpClient, token_given: bool) -> None:
     """List one experiment in the client's namespace: proves the endpoint is reachable and the token allowed."""
     action = f"list experiments in namespace {client.namespace!r} at {client.endpoint}"
-    with _api_errors(action, token_given=token_given):
+    try:
         response = client.experiments.experiment_service_list_experiments(
             namespace=client.namespace, page_size=1, _preload_content=False, _request_timeout=_PROBE_TIMEOUT_S
         )
+    except kfp_server_api.ApiException as error:
+        hint = _WRONG_URL_HINT if error.status == HTTPStatus.NOT_FOUND else ""
+        raise RemoteError(f"{_api_error(action, error, token_given)}{hint}") from None
+    except urllib3.exceptions.HTTPError as error:
+        raise _connection_error(action, error) from None
     content_type = response.headers.get("Content-Type", "")
     response.release_conn()
     if "json" not in content_type:
         raise RemoteError(
             f"expected a JSON response from the KFP API at {client.endpoint}, got {content_type or 'no content type'}"
-            f" (HTTP {response.status}); a login page means the token was not accepted, or the URL is not the"
-            " pipelines API (in a Kubeflow platform it ends in /pipeline)"
+            f" (HTTP {response.status}); a login page means the token was not accepted{_WRONG_URL_HINT}"
         )
 
 
@@ -322,7 +327,13 @@ def find_experiment_id(client: KfpClient, name: str, create: bool = False) -> st
             ),
             "experiments",
         )
-    ids = [e.experiment_id for e in found if e.display_name == name]
+    matches = [e for e in found if e.display_name == name]
+    ids = [e.experiment_id for e in matches]
+    if len(ids) == 1 and matches[0].storage_state == "ARCHIVED":
+        raise RemoteError(
+            f"expected experiment {name!r} in namespace {client.namespace!r} to be active, found it archived; "
+            "restore it in the Kubeflow UI or choose another experiment"
+        )
     if len(ids) == 1:
         return ids[0]
     if len(ids) > 1:
@@ -605,7 +616,9 @@ def _api_error(action: str, error: kfp_server_api.ApiException, token_given: boo
     said = _server_message(error)
     if status == HTTPStatus.UNAUTHORIZED:
         given = "the token was rejected" if token_given else f"no token was given (--token-file or ${TOKEN_ENV})"
-        return RemoteError(f"could not {action}: HTTP 401 Unauthorized, expected a valid bearer token and {given}{said}")
+        return RemoteError(
+            f"could not {action}: HTTP 401 Unauthorized, expected a valid bearer token and {given}{said}"
+        )
     if status == HTTPStatus.FORBIDDEN:
         return RemoteError(f"could not {action}: HTTP 403 Forbidden, the token is not allowed to do this{said}")
     if status == 0:

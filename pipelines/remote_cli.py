@@ -73,7 +73,9 @@ def add_remote_commands(
     _add_schedule_options(schedule)
     commands = {"submit": (submit, _submit_command), "schedule": (schedule, _schedule_command)}
     for parser, command in commands.values():
-        handler = functools.partial(command, signature_fn=pipeline_signature_fn, compile_fn=compile_fn, repo_dir=repo_dir)
+        handler = functools.partial(
+            command, signature_fn=pipeline_signature_fn, compile_fn=compile_fn, repo_dir=repo_dir
+        )
         parser.set_defaults(func=_guarded(handler))
 
 
@@ -83,7 +85,9 @@ def add_remote_commands(
 def _connection_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("connection")
-    group.add_argument("--host", help=f"KFP API URL, e.g. https://kubeflow.example.com/pipeline (default: ${remote.ENDPOINT_ENV})")
+    group.add_argument(
+        "--host", help=f"KFP API URL, e.g. https://kubeflow.example.com/pipeline (default: ${remote.ENDPOINT_ENV})"
+    )
     group.add_argument("--namespace", help="Kubeflow profile namespace to work in (required)")
     group.add_argument(
         "--token-file", type=Path, help=f"file holding the bearer token (default: ${remote.TOKEN_ENV}; none if unset)"

@@ -70,6 +70,7 @@ class FakeKfpApi:
     allowed_namespaces: Optional[set[str]] = None  # when set, other namespaces get 403
     login_page: bool = False  # answer everything with a 200 HTML page, like an auth proxy's login redirect
     run_states: list[str] = field(default_factory=lambda: ["SUCCEEDED"])  # states of the next created run
+    before_request: Optional[Callable[[Recorded], None]] = None  # e.g. to let a concurrent client win a race
     requests: list[Recorded] = field(default_factory=list)
     experiments: dict[str, dict] = field(default_factory=dict)
     pipelines: dict[str, dict] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class FakeKfpApi:
     _pending_states: dict[str, list[str]] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _lock: Any = field(default_factory=threading.Lock)
+    url: str = ""  # set by start()
     _server: Optional[ThreadingHTTPServer] = None
 
     # --- lifecycle and helpers for tests --------------------------------------------------------------------
@@ -89,7 +91,8 @@ class FakeKfpApi:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self.url = f"http://{host}:{port}"
+        return self.url
 
     def stop(self) -> None:
         if self._server is not None:
@@ -116,6 +119,8 @@ class FakeKfpApi:
     def handle(self, request: Recorded) -> tuple[int, str, bytes]:
         with self._lock:
             self.requests.append(request)
+            if self.before_request is not None:
+                self.before_request(request)
             if self.login_page:
                 return 200, "text/html", b"<html><body>Sign in</body></html>"
             try:

@@ -18,7 +18,7 @@ from kfp import compiler
 
 from pipelines import remote
 from pipelines.remote_cli import add_remote_commands
-from tests.fake_kfp_api import API, FakeKfpApi
+from tests.fake_kfp_api import API, FakeKfpApi, Recorded
 from tests.standin_pipeline import SIGNATURE, standin_pipeline
 
 TOKEN = "test-token-not-a-secret"
@@ -34,7 +34,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def fake() -> Iterator[FakeKfpApi]:
     api = FakeKfpApi(token=TOKEN, allowed_namespaces={NAMESPACE})
-    api.url = api.start()  # type: ignore[attr-defined]
+    api.start()
     api.add_experiment("Default", NAMESPACE)
     api.add_experiment("Default", "team-b")  # same name, other namespace: must never be picked
     yield api
@@ -57,7 +57,7 @@ def token_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(fake: FakeKfpApi) -> remote.KfpClient:
-    return remote.connect(fake.url, NAMESPACE, TOKEN)  # type: ignore[attr-defined]
+    return remote.connect(fake.url, NAMESPACE, TOKEN)
 
 
 class Cli:
@@ -74,7 +74,7 @@ class Cli:
     def __call__(self, *argv: str, connection: bool = True) -> tuple[int, str, str]:
         parser = argparse.ArgumentParser(prog="pipelines")
         add_remote_commands(parser.add_subparsers(dest="command", required=True), lambda: SIGNATURE, self.compile)
-        options = ["--host", self.fake.url, "--namespace", NAMESPACE, "--token-file", str(self.token_file)]  # type: ignore[attr-defined]
+        options = ["--host", self.fake.url, "--namespace", NAMESPACE, "--token-file", str(self.token_file)]
         args = parser.parse_args([argv[0], *(options if connection else []), *argv[1:]])
         code = args.func(args)
         out, err = self.capsys.readouterr()
@@ -145,6 +145,26 @@ def test_upload_of_a_new_commit_adds_a_version_to_the_existing_pipeline(
     ]
 
 
+def test_upload_that_loses_a_race_for_the_same_version_returns_the_winners_version(
+    fake: FakeKfpApi, client: remote.KfpClient, package: Path
+) -> None:
+    pipeline_id = remote.create_pipeline(client, "standin-classifier", "")
+
+    def concurrent_upload(request: Recorded) -> None:
+        if request.path == f"{API}/pipelines/upload_version" and not fake.versions:
+            fake.versions["version-winner"] = {
+                "pipeline_id": pipeline_id, "pipeline_version_id": "version-winner",
+                "display_name": "0123456789ab", "name": "0123456789ab",
+            }
+
+    fake.before_request = concurrent_upload
+    version = remote.upload(client, package, "standin-classifier", "0123456789ab")
+
+    assert (version.version_id, version.created) == ("version-winner", False)
+    assert len(fake.calls("POST", f"{API}/pipelines/upload_version")) == 1  # answered 409 Conflict
+    assert list(fake.versions) == ["version-winner"]
+
+
 def test_upload_command_compiles_the_pipeline_and_prints_the_version_link(cli: Cli, fake: FakeKfpApi) -> None:
     code, out, err = cli("upload", "--version-name", "0123456789ab")
 
@@ -152,7 +172,7 @@ def test_upload_command_compiles_the_pipeline_and_prints_the_version_link(cli: C
     assert len(cli.compiled) == 1 and cli.compiled[0].endswith("pipeline.yaml")
     (version,) = fake.versions.values()
     assert out == (
-        f"Pipeline 'standin-classifier' version '0123456789ab' uploaded: {fake.url}/#/pipelines/details/"  # type: ignore[attr-defined]
+        f"Pipeline 'standin-classifier' version '0123456789ab' uploaded: {fake.url}/#/pipelines/details/"
         f"{version['pipeline_id']}/version/{version['pipeline_version_id']}\n"
     )
     code, out, _ = cli("upload", "--version-name", "0123456789ab")
@@ -162,7 +182,9 @@ def test_upload_command_compiles_the_pipeline_and_prints_the_version_link(cli: C
 def test_upload_command_uses_a_given_package_and_pipeline_name_without_compiling(
     cli: Cli, fake: FakeKfpApi, package: Path
 ) -> None:
-    code, out, _ = cli("upload", "--package", str(package), "--pipeline-name", "team-classifier", "--version-name", "v1")
+    code, out, _ = cli(
+        "upload", "--package", str(package), "--pipeline-name", "team-classifier", "--version-name", "v1"
+    )
 
     assert code == 0 and cli.compiled == []
     assert [p["display_name"] for p in fake.pipelines.values()] == ["team-classifier"]
@@ -171,7 +193,7 @@ def test_upload_command_uses_a_given_package_and_pipeline_name_without_compiling
 def test_upload_command_reads_endpoint_and_token_from_the_environment(
     cli: Cli, fake: FakeKfpApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(remote.ENDPOINT_ENV, fake.url)  # type: ignore[attr-defined]
+    monkeypatch.setenv(remote.ENDPOINT_ENV, fake.url)
     monkeypatch.setenv(remote.TOKEN_ENV, TOKEN)
 
     code, _, err = cli("upload", "--namespace", NAMESPACE, "--version-name", "v1", connection=False)
@@ -205,7 +227,7 @@ def test_submit_starts_a_run_of_the_uploaded_version_with_typed_params_and_print
         "service_account": "pipeline-runner",
     }
     (run_id,) = fake.runs
-    assert out.splitlines()[-1] == f"Run {run_id} started: {fake.url}/#/runs/details/{run_id}"  # type: ignore[attr-defined]
+    assert out.splitlines()[-1] == f"Run {run_id} started: {fake.url}/#/runs/details/{run_id}"
     assert fake.calls("GET", f"{API}/runs/.*") == []  # no --wait: no polling
 
 
@@ -245,6 +267,15 @@ def test_submit_to_an_unknown_experiment_fails_and_names_the_existing_ones(cli: 
 
     assert_one_line_error(code, err, "expected an experiment named 'nightly' in namespace 'team-a'", "'Default'")
     assert fake.calls("POST", f"{API}/runs") == [] and fake.calls("POST", f"{API}/experiments") == []
+
+
+def test_submit_to_an_archived_experiment_fails_before_starting_a_run(cli: Cli, fake: FakeKfpApi) -> None:
+    fake.experiments[fake.add_experiment("old", NAMESPACE)]["storage_state"] = "ARCHIVED"
+
+    code, _, err = cli("submit", "--version-name", "v1", "--experiment", "old")
+
+    assert_one_line_error(code, err, "expected experiment 'old' in namespace 'team-a' to be active, found it archived")
+    assert fake.calls("POST", f"{API}/runs") == []
 
 
 def test_submit_creates_the_experiment_only_when_asked(cli: Cli, fake: FakeKfpApi) -> None:
@@ -296,7 +327,7 @@ def test_schedule_creates_a_recurring_run_with_cron_trigger_concurrency_one_and_
     assert fake.experiments[body["experiment_id"]]["namespace"] == NAMESPACE
     (recurring_id,) = fake.recurring_runs
     assert out.splitlines()[-1] == (
-        f"Recurring run 'nightly' created, cron '0 0 2 * * *': {fake.url}/#/recurringrun/details/{recurring_id}"  # type: ignore[attr-defined]
+        f"Recurring run 'nightly' created, cron '0 0 2 * * *': {fake.url}/#/recurringrun/details/{recurring_id}"
     )
 
 
@@ -370,7 +401,7 @@ def test_an_unreachable_endpoint_fails_with_one_line(cli: Cli) -> None:
 def test_a_rejected_token_fails_with_one_line_that_does_not_show_it(cli: Cli, fake: FakeKfpApi, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong-token"
     wrong.write_text("wrong-token-value")
-    code, _, err = cli("upload", "--host", fake.url, "--namespace", NAMESPACE, "--token-file", str(wrong),  # type: ignore[attr-defined]
+    code, _, err = cli("upload", "--host", fake.url, "--namespace", NAMESPACE, "--token-file", str(wrong),
                        "--version-name", "v1", connection=False)
 
     assert_one_line_error(code, err, "HTTP 401 Unauthorized", "the token was rejected")
@@ -378,14 +409,14 @@ def test_a_rejected_token_fails_with_one_line_that_does_not_show_it(cli: Cli, fa
 
 
 def test_no_token_at_all_is_reported_as_missing(cli: Cli, fake: FakeKfpApi) -> None:
-    code, _, err = cli("upload", "--host", fake.url, "--namespace", NAMESPACE, "--version-name", "v1",  # type: ignore[attr-defined]
+    code, _, err = cli("upload", "--host", fake.url, "--namespace", NAMESPACE, "--version-name", "v1",
                        connection=False)
 
     assert_one_line_error(code, err, "HTTP 401", f"no token was given (--token-file or ${remote.TOKEN_ENV})")
 
 
 def test_a_namespace_the_token_may_not_use_fails_with_403(cli: Cli, fake: FakeKfpApi, token_file: Path) -> None:
-    code, _, err = cli("upload", "--host", fake.url, "--namespace", "team-b", "--token-file", str(token_file),  # type: ignore[attr-defined]
+    code, _, err = cli("upload", "--host", fake.url, "--namespace", "team-b", "--token-file", str(token_file),
                        "--version-name", "v1", connection=False)
 
     assert_one_line_error(code, err, "HTTP 403 Forbidden", "namespace team-b")
@@ -397,6 +428,13 @@ def test_a_login_page_instead_of_the_api_fails_with_one_line(cli: Cli, fake: Fak
     code, _, err = cli("upload", "--version-name", "v1")
 
     assert_one_line_error(code, err, "expected a JSON response from the KFP API", "got text/html")
+
+
+def test_a_url_that_is_not_the_pipelines_api_fails_with_a_hint(cli: Cli, fake: FakeKfpApi, token_file: Path) -> None:
+    code, _, err = cli("upload", "--host", f"{fake.url}/dashboard", "--namespace", NAMESPACE,
+                       "--token-file", str(token_file), "--version-name", "v1", connection=False)
+
+    assert_one_line_error(code, err, "HTTP 404", "is the URL the pipelines API? In a Kubeflow platform it ends in")
 
 
 @pytest.mark.parametrize(
@@ -421,7 +459,7 @@ def test_missing_or_malformed_connection_settings_fail_before_any_request(
 def test_the_client_takes_the_namespace_as_given_and_does_not_probe_healthz(fake: FakeKfpApi) -> None:
     # kfp.Client retries /healthz 5 times with 5 s sleeps in its constructor when it has no namespace of its own.
     with pytest.raises(remote.RemoteError, match="HTTP 401"):
-        remote.connect(fake.url, "kubeflow", "wrong")  # type: ignore[attr-defined]
+        remote.connect(fake.url, "kubeflow", "wrong")
 
     assert [(r.method, r.path, r.query.get("namespace")) for r in fake.requests] == [
         ("GET", f"{API}/experiments", "kubeflow"),

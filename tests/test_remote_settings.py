@@ -22,7 +22,8 @@ PACKAGE_SHA = "f00dfeed" + "0" * 56
 
 def test_the_endpoint_comes_from_host_before_the_environment() -> None:
     environ = {ENDPOINT_ENV: "https://from-env.example.com/pipeline"}
-    assert resolve_endpoint("https://kubeflow.example.com/pipeline/", environ) == "https://kubeflow.example.com/pipeline"
+    given = "https://kubeflow.example.com/pipeline/"
+    assert resolve_endpoint(given, environ) == "https://kubeflow.example.com/pipeline"
     assert resolve_endpoint(None, environ) == "https://from-env.example.com/pipeline"
 
 
