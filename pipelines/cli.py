@@ -5,6 +5,7 @@
     python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]
     python -m pipelines registry list|show|promote|rollback|history --store URI --model NAME …
+    python -m pipelines upload|submit|schedule --namespace NS …   (a Kubeflow Pipelines endpoint)
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import sys
 from pathlib import Path
 
 from components.errors import ProjectError
-from pipelines.params import parse_params, signature_types
+from pipelines.params import parse_params, signature_from_component_inputs
 from pipelines.registry_cli import add_registry_commands
+from pipelines.remote_cli import add_remote_commands
 
 
 def pipeline_signature() -> dict[str, type]:
-    from pipelines.pipeline import training_pipeline
+    from pipelines.pipeline import training_pipeline  # lazy: --help never imports the pipeline
 
-    return signature_types(training_pipeline.pipeline_func)
+    return signature_from_component_inputs(training_pipeline.component_spec.inputs or {})
 
 
 def compile_pipeline(output: Path) -> Path:
@@ -107,15 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path(".work"))
     p.set_defaults(func=cmd_stop)
     add_registry_commands(sub)
+    add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)))
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (ProjectError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     except RuntimeError as exc:
         # kfp.local raises RuntimeError when a task fails; the task's own log above says why.
         sys.exit(f"error: the pipeline failed: {exc}")
+    if code:
+        sys.exit(code)

@@ -1,35 +1,137 @@
-"""``NAME=VALUE`` pipeline parameters, typed by the pipeline's own signature."""
+"""Typed ``NAME=VALUE`` pipeline arguments, shared by the local runner and the remote commands.
+
+The caller passes the pipeline's parameter signature (name → Python type) instead of this module importing the
+pipeline, so parsing stays a pure function that the CLI, the local runner and the tests all share.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from components.errors import ProjectError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+# KFP's parameter type names (ComponentSpec input types) and the Python types they carry.
+_KFP_TYPES: dict[str, type] = {
+    "Integer": int,
+    "Double": float,
+    "Float": float,
+    "Boolean": bool,
+    "String": str,
+    "List": list,
+    "Dict": dict,
+    "Struct": dict,
+}
 
 
-def signature_types(func: Callable) -> dict[str, type]:
-    """Parameter name → Python type of a pipeline function."""
-    return {name: p.annotation if isinstance(p.annotation, type) else str for name, p in inspect.signature(func).parameters.items()}
+class ParamError(ProjectError):
+    """A ``NAME=VALUE`` argument is malformed, unknown, or has a value of the wrong type."""
 
 
-def parse_params(pairs: list[str], signature: dict[str, type]) -> dict[str, object]:
-    """Parse ``NAME=VALUE`` strings into typed values; reject unknown names, listing the known ones."""
-    params: dict[str, object] = {}
+def parse_params(pairs: list[str], signature: Mapping[str, type]) -> dict[str, Any]:
+    """Parse ``NAME=VALUE`` strings into typed pipeline arguments.
+
+    Args:
+        pairs: Arguments as given on the command line, e.g. ``["epochs=3", "lr=0.01"]``.
+        signature: The pipeline's parameters, name → Python type (int, float, bool, str, list, dict).
+
+    Returns:
+        Name → value converted to the parameter's type.
+
+    Raises:
+        ParamError: a pair has no ``=``, a name is unknown or repeated, or a value does not fit its type.
+    """
+    params: dict[str, Any] = {}
     for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"expected NAME=VALUE, got {pair!r}")
+        name, value = _split_pair(pair)
         if name not in signature:
-            raise ValueError(f"unknown parameter {name!r}; the pipeline's parameters are: {', '.join(sorted(signature))}")
-        params[name] = _convert(name, text, signature[name])
+            known = ", ".join(sorted(signature)) or "(none)"
+            raise ParamError(f"unknown pipeline parameter {name!r}; expected one of: {known}")
+        if name in params:
+            raise ParamError(f"pipeline parameter {name!r} given twice; expected each name at most once")
+        params[name] = convert_value(name, value, signature[name])
     return params
 
 
-def _convert(name: str, text: str, kind: type) -> object:
-    if kind is bool:
-        if text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        raise ValueError(f"parameter {name!r}: expected true or false, got {text!r}")
+def convert_value(name: str, text: str, kind: type) -> Any:
+    """Convert one parameter's text to ``kind``; the message names the parameter, the type and the text."""
+    if kind is str:
+        return text
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        raise ParamError(
+            f"pipeline parameter {name!r} has type {kind!r}; expected one of int, float, bool, str, list, dict"
+        )
     try:
-        return kind(text)
+        return parse(text)
     except ValueError:
-        raise ValueError(f"parameter {name!r}: expected {kind.__name__}, got {text!r}") from None
+        raise ParamError(f"pipeline parameter {name!r} expects {_DESCRIPTIONS[kind]}, got {text!r}") from None
+
+
+def signature_from_component_inputs(inputs: Mapping[str, Any]) -> dict[str, type]:
+    """Build a signature from a compiled pipeline's ``component_spec.inputs`` (name → InputSpec with ``.type``).
+
+    For a ``@dsl.pipeline`` function ``p``: ``signature_from_component_inputs(p.component_spec.inputs or {})``.
+    Artifact inputs (types other than KFP's parameter types) are left out: they cannot be given as text.
+    """
+    return {name: _KFP_TYPES[spec.type] for name, spec in inputs.items() if spec.type in _KFP_TYPES}
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    name, sep, value = pair.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ParamError(f"expected a pipeline argument as NAME=VALUE, got {pair!r}")
+    return name, value
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # JSON, and so the KFP API, cannot carry NaN or infinity
+        raise ValueError(text)
+    return value
+
+
+def _json_list(text: str) -> list:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError(text)
+    return value
+
+
+def _json_dict(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {
+    bool: _to_bool,
+    int: int,
+    float: _finite_float,
+    list: _json_list,
+    dict: _json_dict,
+}
+
+_DESCRIPTIONS: dict[type, str] = {
+    bool: "a boolean (true/false, yes/no, 1/0)",
+    int: "an integer",
+    float: "a finite number",
+    list: "a JSON list",
+    dict: "a JSON object",
+}

@@ -25,12 +25,12 @@ def run_cli(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -
 def test_unknown_parameter_lists_the_real_ones(tmp_path):
     result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "nosuch=1")
     assert result.returncode != 0
-    assert "unknown parameter 'nosuch'" in result.stderr and "accuracy_threshold" in result.stderr
+    assert "unknown pipeline parameter 'nosuch'" in result.stderr and "accuracy_threshold" in result.stderr
 
 
 def test_badly_typed_parameter_is_rejected(tmp_path):
     result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=many")
-    assert result.returncode != 0 and "parameter 'epochs': expected int, got 'many'" in result.stderr
+    assert result.returncode != 0 and "pipeline parameter 'epochs' expects" in result.stderr and "'many'" in result.stderr
 
 
 @pytest.mark.slow
