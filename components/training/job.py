@@ -25,10 +25,13 @@ class TrainResult:
         return max(self.history, key=lambda e: (e["val_accuracy"], e["epoch"]))
 
 
-def train(config: TrainConfig, launcher: str, timeout_s: float) -> TrainResult:
-    """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history."""
+def train(config: TrainConfig, launcher: str, timeout_s: float, backoff_limit: int = 3) -> TrainResult:
+    """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history.
+
+    ``backoff_limit``: how many times the whole job may be relaunched from its latest checkpoint.
+    """
     if launcher not in LAUNCHERS:
         raise ValueError(f"expected launcher in {LAUNCHERS}, got {launcher!r}")
-    launch_local(config, timeout_s=timeout_s)
+    launch_local(config, timeout_s=timeout_s, backoff_limit=backoff_limit)
     history = json.loads(open_store(config.store_uri).read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
     return TrainResult(config.output_prefix, history["epochs"], history["config"])

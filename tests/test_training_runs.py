@@ -1,0 +1,122 @@
+"""Real training runs through the local launcher: processes, RPC, checkpoints, killed ranks, relaunches.
+
+The fault tests SIGKILL a rank from outside (as the kernel's OOM killer or a node loss would) right
+after the first checkpoint is committed, and compare the finished model's test accuracy with an
+uninterrupted run of the same configuration.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.data.prepare import load_prepared
+from components.errors import TrainingError
+from components.modelfile import load_model
+from components.predict import predict_logits
+from components.store import join_key
+from components.training.config import TrainConfig
+from components.training.local import launch_local
+from components.training.worker import HISTORY_FILE
+
+pytestmark = pytest.mark.slow
+
+
+def base_config(prepared, name: str, **overrides) -> TrainConfig:
+    return TrainConfig(store_uri=prepared.store_uri, dataset_prefix=prepared.prefix, output_prefix=f"runs/{name}/model",
+                       epochs=2, num_ps=2, num_workers=2, **overrides)
+
+
+def test_accuracy(prepared, cfg: TrainConfig) -> float:
+    model, card = load_model(Path(cfg.store_uri) / cfg.output_prefix)
+    data = load_prepared(prepared.store_uri, prepared.prefix, ("test",))
+    logits = predict_logits(model, torch.from_numpy(data.images["test"]), card)
+    return float((logits.argmax(1) == torch.from_numpy(data.labels["test"])).float().mean())
+
+
+test_accuracy.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared) -> tuple[TrainConfig, str]:
+    """One run with no faults: the reference for the fault tests (and a test of its own)."""
+    cfg = base_config(prepared, "uninterrupted")
+    out = io.StringIO()
+    launch_local(cfg, timeout_s=240, out=out)
+    return cfg, out.getvalue()
+
+
+def kill_after_first_checkpoint(cfg: TrainConfig, victim: str, killed: list[str]):
+    """An ``on_start`` hook: in the first attempt, SIGKILL ``victim`` once a checkpoint is committed."""
+
+    def watch(pid: int) -> None:
+        deadline = time.monotonic() + 120
+        while not list((Path(cfg.store_uri) / cfg.checkpoint_key).glob("*/COMMIT.json")):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(victim)
+
+    def on_start(attempt: int, pids: dict[str, int]) -> None:
+        if attempt == 0:
+            threading.Thread(target=watch, args=(pids[victim],), daemon=True).start()
+
+    return on_start
+
+
+def test_local_launcher_trains_and_writes_a_loadable_model(prepared, uninterrupted):
+    cfg, out = uninterrupted
+    assert "[worker0] epoch 2/2" in out  # every rank's output is streamed with its name
+    assert "[launcher]" not in out  # nothing was relaunched
+    folder = Path(prepared.store_uri) / cfg.output_prefix
+    _, card = load_model(folder)
+    assert card.class_names == [str(d) for d in range(10)] and card.input_shape == [1, 28, 28]
+    history = json.loads((folder / HISTORY_FILE).read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert history["epochs"][-1]["val_accuracy"] > 0.3  # two epochs are far above chance (0.1)
+    assert not list(folder.rglob("*.pt"))  # checkpoints stay out of the model folder
+
+
+@pytest.mark.parametrize("victim", ["worker1", "ps0"])
+def test_a_run_whose_rank_is_killed_resumes_and_matches_the_uninterrupted_run(prepared, uninterrupted, victim):
+    reference, _ = uninterrupted
+    cfg = replace(base_config(prepared, f"killed-{victim}"), checkpoint_every=10)
+    killed: list[str] = []
+    out = io.StringIO()
+    launch_local(cfg, timeout_s=300, out=out, backoff_limit=2, on_start=kill_after_first_checkpoint(cfg, victim, killed))
+    log = out.getvalue()
+    assert killed == [victim]
+    assert f"[launcher] {victim} was killed by signal 9; relaunching every rank from the latest checkpoint" in log
+    assert "[worker0] resuming from the checkpoint of step" in log
+    assert abs(test_accuracy(prepared, cfg) - test_accuracy(prepared, reference)) <= 0.01
+
+
+def test_a_rank_that_keeps_dying_fails_the_job_at_the_backoff_limit(prepared):
+    cfg = base_config(prepared, "doomed")
+
+    def kill_worker0(attempt: int, pids: dict[str, int]) -> None:
+        os.kill(pids["worker0"], signal.SIGKILL)
+
+    out = io.StringIO()
+    with pytest.raises(TrainingError, match=r"training failed: worker0 was killed by signal 9 \(backoff limit 1 reached\); its last lines"):
+        launch_local(cfg, timeout_s=120, out=out, backoff_limit=1, on_start=kill_worker0)
+    assert out.getvalue().count("[launcher] worker0 was killed by signal 9; relaunching") == 1
+
+
+def test_a_permanent_failure_fails_at_once_with_the_rank_s_last_lines(prepared):
+    cfg = TrainConfig(store_uri=prepared.store_uri, dataset_prefix="prepared/does-not-exist", output_prefix="runs/bad/model")
+    out = io.StringIO()
+    with pytest.raises(TrainingError, match=r"(?s)training failed: \w+ exited with code 1; its last lines:\n.*no prepared data set"):
+        launch_local(cfg, timeout_s=120, out=out)
+    assert "[launcher]" not in out.getvalue()  # exit code 1 means a restart cannot help: none was tried
+    assert not (Path(prepared.store_uri) / join_key("runs/bad/model", HISTORY_FILE)).exists()
