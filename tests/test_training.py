@@ -10,13 +10,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.errors import TrainingError
 from components.nets import SmallCNN, build_model
 from components.store import open_store
 from components.training import checkpoint
 from components.training.config import TrainConfig, from_argv, to_argv
-from components.training.server import SyncShard, make_optimizer, warmup_cosine
+from components.training.server import AsyncShard, CheckpointBarrier, SyncShard, make_optimizer, warmup_cosine
 from components.training.sharding import ShardLayout, assign_flat, flatten
 from components.training.worker import batch_indices, random_shift, step_seed
 
@@ -221,3 +223,58 @@ def test_a_shard_restored_from_its_snapshot_continues_exactly_like_the_original(
         got, version = restored.push_pull(0, g, restored.step).wait()
         assert torch.equal(got, expected)  # parameters, optimizer moments and LR schedule all resumed
     assert version == original.step == 6
+
+
+# --- asynchronous mode ---------------------------------------------------------------------------
+
+
+def async_shard(num_workers: int, max_staleness: int) -> AsyncShard:
+    cfg = config(mode="async", num_workers=num_workers, max_staleness=max_staleness, optimizer="sgd", lr=0.1, momentum=0.0)
+    return AsyncShard(torch.zeros(2), cfg, total_steps=1000, warmup_steps=1)
+
+
+def test_async_shard_applies_each_gradient_at_once_and_answers_with_the_new_version():
+    shard = async_shard(num_workers=2, max_staleness=1)
+    params, version = shard.push_pull(1, torch.tensor([1.0, 0.0]), 0).wait()  # no waiting for worker 0
+    assert version == 1 and torch.allclose(params, torch.tensor([-0.1, 0.0]))
+
+
+def test_async_shard_drops_a_gradient_staler_than_the_bound_and_refreshes_its_worker():
+    shard = async_shard(num_workers=3, max_staleness=2)
+    for worker in (1, 2, 1):  # three updates while worker 0 computes on version 0
+        shard.push_pull(worker, torch.ones(2), shard.step)
+    before = shard.param.detach().clone()
+    params, version = shard.push_pull(0, torch.full((2,), 100.0), 0).wait()  # staleness 3 > 2
+    assert torch.equal(params, before) and version == 3  # not applied; fresh parameters instead
+    assert (shard.applied, shard.dropped) == (3, 1)
+    shard.push_pull(0, torch.ones(2), 1)  # staleness 2: within the bound, applied
+    assert (shard.applied, shard.max_applied_staleness) == (4, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(num_workers=st.integers(1, 5), max_staleness=st.integers(0, 6), schedule=st.lists(st.integers(0, 4), max_size=80))
+def test_no_gradient_staler_than_the_bound_is_ever_applied(num_workers, max_staleness, schedule):
+    """Any interleaving of pushes: applied iff staleness <= S, and every worker leaves with fresh parameters."""
+    shard = async_shard(num_workers, max_staleness)
+    versions = [0] * num_workers  # the version each worker's next gradient is computed on
+    for worker in (w % num_workers for w in schedule):
+        staleness, applied_before = shard.step - versions[worker], shard.applied
+        params, versions[worker] = shard.push_pull(worker, torch.ones(2), versions[worker]).wait()
+        assert (shard.applied > applied_before) == (staleness <= max_staleness)
+        assert versions[worker] == shard.step and torch.equal(params, shard.param.detach())
+    assert shard.max_applied_staleness <= max_staleness
+    assert shard.applied + shard.dropped == len(schedule) == shard.step + shard.dropped
+
+
+def test_async_checkpoint_barrier_lets_worker0_write_while_the_others_wait():
+    barrier = CheckpointBarrier(num_workers=3)
+    w1 = barrier.arrive(1, 40)
+    w0 = barrier.arrive(0, 40)
+    assert not w0.done()  # worker 2 is still training
+    w2 = barrier.arrive(2, 40)
+    assert w0.done() and not w1.done() and not w2.done()  # worker 0 writes the checkpoint now
+    barrier.release(40)
+    assert w1.done() and w2.done()
+    barrier.arrive(1, 80)
+    with pytest.raises(ValueError, match="expected every worker at checkpoint step 80, worker 2 arrived at 60"):
+        barrier.arrive(2, 60)
