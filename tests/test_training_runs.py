@@ -17,10 +17,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from components.data.prepare import load_prepared
+from components.data.prepare import SplitConfig, load_prepared, prepare
 from components.errors import TrainingError
 from components.modelfile import load_model
 from components.predict import predict_logits
@@ -137,3 +139,27 @@ def test_async_mode_trains_with_bounded_staleness_and_consistent_checkpoints(pre
     history = json.loads((Path(cfg.store_uri) / cfg.output_prefix / HISTORY_FILE).read_text())
     assert history["epochs"][-1]["val_accuracy"] > 0.3
     assert len(list((Path(cfg.store_uri) / cfg.checkpoint_key).glob("*/COMMIT.json"))) == 2
+
+
+def write_colour_folder(root: Path, per_class: int = 30) -> None:
+    """A tiny 32×32 RGB ImageFolder: two classes, reddish and bluish noise."""
+    rng = np.random.default_rng(0)
+    for name, channel in (("blue", 2), ("red", 0)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+            pixels[:, :, channel] += 150
+            Image.fromarray(pixels, mode="RGB").save(root / name / f"{i}.png")
+
+
+def test_resnet18_with_batchnorm_trains_through_the_parameter_servers_on_rgb_images(tmp_path):
+    write_colour_folder(tmp_path / "raw")
+    info = prepare(str(tmp_path / "raw"), str(tmp_path / "store"), SplitConfig(seed=0))
+    cfg = TrainConfig(store_uri=info.store_uri, dataset_prefix=info.prefix, output_prefix="runs/r18/model", arch="resnet18",
+                      epochs=1, batch_size=8, num_ps=2, num_workers=2, bf16=True)
+    launch_local(cfg, timeout_s=240, out=io.StringIO())
+    model, card = load_model(Path(info.store_uri) / cfg.output_prefix)
+    assert card.arch == "resnet18" and card.input_shape == [3, 32, 32]
+    # Worker 0's BatchNorm running statistics were saved with the model: they moved from their initial values.
+    assert not torch.equal(model.bn1.running_mean, torch.zeros_like(model.bn1.running_mean))
+    assert int(model.bn1.num_batches_tracked) == 3  # worker 0's three steps of the one epoch
