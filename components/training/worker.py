@@ -79,7 +79,7 @@ class RemoteParameters:
         self.versions = [0] * len(self.groups)
         self.worker = worker
         self.comm_seconds = 0.0
-        self.bytes_moved = 0  # gradients sent plus parameters received, by this worker
+        self.bytes_moved = 0  # tensor payload: gradients sent plus parameters received (RPC framing not included)
 
     def pull(self) -> None:
         futures = [rpc.rpc_async(ps_name(i), server.pull) for i in range(len(self.groups))]
@@ -92,13 +92,14 @@ class RemoteParameters:
         for i, (group, buffer) in enumerate(zip(self.groups, self.buffers)):
             flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in group], out=buffer)
             futures.append(rpc.rpc_async(ps_name(i), server.push_pull, args=(self.worker, buffer, self.versions[i])))
+            self.bytes_moved += buffer.numel() * buffer.element_size()
         self._load(futures)
-        self.bytes_moved += 2 * 4 * sum(b.numel() for b in self.buffers)
         self.comm_seconds += time.perf_counter() - started
 
     def _load(self, futures: list) -> None:
         for i, (group, future) in enumerate(zip(self.groups, futures)):
             flat, self.versions[i] = future.wait()
+            self.bytes_moved += flat.numel() * flat.element_size()
             assign_flat(group, flat)
 
     def finish(self) -> None:
@@ -156,8 +157,13 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: in
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def pick_device(worker: int) -> torch.device:
+    """A GPU per worker when there are several on this machine (a pod has one: all use cuda:0), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", worker % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
 
 
 def model_card(info: DatasetInfo, config: TrainConfig) -> ModelCard:
@@ -174,7 +180,7 @@ class Worker:
     """One worker's training loop and, for worker 0, validation, checkpoints and the model."""
 
     def __init__(self, config: TrainConfig, worker: int):
-        self.config, self.worker, self.device = config, worker, pick_device()
+        self.config, self.worker, self.device = config, worker, pick_device(worker)
         data = load_prepared(config.store_uri, config.dataset_prefix, ("train", "val") if worker == 0 else ("train",))
         self.card = model_card(data.info, config)
         self.images, self.labels = torch.from_numpy(data.images["train"]), torch.from_numpy(data.labels["train"])
