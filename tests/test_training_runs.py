@@ -39,14 +39,11 @@ def base_config(prepared, name: str, **overrides) -> TrainConfig:
                        epochs=2, num_ps=2, num_workers=2, **overrides)
 
 
-def test_accuracy(prepared, cfg: TrainConfig) -> float:
+def accuracy_on_test_split(prepared, cfg: TrainConfig) -> float:
     model, card = load_model(Path(cfg.store_uri) / cfg.output_prefix)
     data = load_prepared(prepared.store_uri, prepared.prefix, ("test",))
     logits = predict_logits(model, torch.from_numpy(data.images["test"]), card)
     return float((logits.argmax(1) == torch.from_numpy(data.labels["test"])).float().mean())
-
-
-test_accuracy.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +98,7 @@ def test_a_run_whose_rank_is_killed_resumes_and_matches_the_uninterrupted_run(pr
     assert killed == [victim]
     assert f"[launcher] {victim} was killed by signal 9; relaunching every rank from the latest checkpoint" in log
     assert "[worker0] resuming from the checkpoint of step" in log
-    assert abs(test_accuracy(prepared, cfg) - test_accuracy(prepared, reference)) <= 0.01
+    assert abs(accuracy_on_test_split(prepared, cfg) - accuracy_on_test_split(prepared, reference)) <= 0.01
 
 
 def test_a_rank_that_keeps_dying_fails_the_job_at_the_backoff_limit(prepared):
