@@ -34,6 +34,8 @@ def training_pipeline(
     tolerance: float = 0.005,
     launcher: str = "local",
     train_timeout_s: int = 3600,
+    train_mode: str = "sync",
+    train_backoff_limit: int = 3,
     deploy_target: str = "local",
     serving_port: int = 8080,
     local_state_dir: str = "",
@@ -61,8 +63,10 @@ def training_pipeline(
         test_fraction: Fraction of each class for the test split.
         accuracy_threshold: Minimum test accuracy to deploy.
         tolerance: Accepted accuracy loss against the production model.
-        launcher: Where training ranks run: local (processes inside the training step).
+        launcher: Where training ranks run: local (processes inside the training step) or pytorchjob (a Training Operator job on the cluster; needs an Azure Blob store_uri and num_ps=1).
         train_timeout_s: Fail training after this many seconds.
+        train_mode: sync (workers' gradients averaged each step) or async (applied as they arrive, with bounded staleness).
+        train_backoff_limit: Relaunches of a failed training job from its latest checkpoint before the step fails.
         deploy_target: local (a KServe model server process on this machine) or kserve (an InferenceService on AKS GPU nodes).
         serving_port: HTTP port of the local model server.
         local_state_dir: Folder for the local server's pid and log.
@@ -77,7 +81,8 @@ def training_pipeline(
                             test_fraction=test_fraction, seed=seed).set_display_name("prepare data")
     trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, arch=arch,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, num_ps=num_ps,
-                          num_workers=num_workers, seed=seed, launcher=launcher, timeout_s=train_timeout_s)
+                          num_workers=num_workers, seed=seed, launcher=launcher, timeout_s=train_timeout_s,
+                          mode=train_mode, backoff_limit=train_backoff_limit)
     trained.set_display_name("train (parameter servers + workers)").set_cpu_limit("4").set_memory_limit("8G")
     evaluated = evaluate_model(dataset=prepared.outputs["dataset"], model=trained.outputs["model"], store_uri=store_uri,
                                model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance)

@@ -83,3 +83,9 @@ def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     storage = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
     assert storage == "https://acct.blob.core.windows.net/models/models/digits/versions/7"
+    job = yaml.safe_load((tmp_path / "pytorchjob.yaml").read_text())
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert job["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
+    worker = replicas["Worker"]["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["nodeSelector"] == predictor["nodeSelector"]  # one GPU scheduling profile for both

@@ -8,7 +8,7 @@ from components.kfp_base import project_component
 @project_component
 def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str, epochs: int, batch_size: int,
                 optimizer: str, lr: float, num_ps: int, num_workers: int, seed: int, launcher: str, timeout_s: int,
-                model: Output[Model], metrics: Output[Metrics], report: Output[HTML]):
+                model: Output[Model], metrics: Output[Metrics], report: Output[HTML], mode: str = "sync", backoff_limit: int = 3):
     """Parameter-server training: num_ps server shards and num_workers workers (torch.distributed.rpc).
 
     Args:
@@ -23,20 +23,21 @@ def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str,
         num_ps: Parameter-server shards.
         num_workers: Workers computing gradients.
         seed: Seed of initialisation and data order.
-        launcher: Where the ranks run: local (processes in this step).
+        launcher: Where the ranks run: local (processes in this step) or pytorchjob (a Kubeflow Training
+            Operator job: the parameter server on a CPU node, one GPU per worker; needs an Azure Blob store_uri and num_ps=1).
         timeout_s: Fail the step when training takes longer.
         model: The trained model (its files live in the store).
         metrics: Per-epoch training and validation metrics.
         report: Loss and accuracy curves, per-epoch table and settings.
+        mode: sync (gradients of all workers averaged each step) or async (applied as they arrive, bounded staleness).
+        backoff_limit: How many times a failed job is relaunched from its latest checkpoint before the step fails.
     """
-    from components.training.config import TrainConfig
-    from components.training.job import train
+    from components.training.job import run_config, train
     from components.training.report import training_report
 
-    config = TrainConfig(store_uri=store_uri, dataset_prefix=dataset.metadata["prefix"], output_prefix=f"runs/{run_id}/model",
-                         arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         num_ps=num_ps, num_workers=num_workers, seed=seed)
-    result = train(config, launcher, timeout_s)
+    config = run_config(store_uri, dataset.metadata["prefix"], run_id, arch=arch, epochs=epochs, batch_size=batch_size,
+                        optimizer=optimizer, lr=lr, num_ps=num_ps, num_workers=num_workers, seed=seed, mode=mode)
+    result = train(config, launcher, timeout_s, backoff_limit, run_id)
     for epoch in result.history:
         for key in ("loss", "val_loss", "val_accuracy"):
             metrics.log_metric(f"epoch{epoch['epoch']:03d}_{key}", round(epoch[key], 6))

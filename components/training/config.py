@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import posixpath
 from dataclasses import dataclass
 
 from components.nets import ARCHITECTURES, SMALL_CNN
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-MODES = ("sync",)
+MODES = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     rpc_timeout_s: float = 60.0
+    checkpoint_every: int = 100
+    checkpoint_prefix: str = ""
+    max_staleness: int = 8
+    bf16: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -51,6 +56,11 @@ class TrainConfig:
             (self.num_ps >= 1, "num_ps >= 1", self.num_ps),
             (self.num_workers >= 1, "num_workers >= 1", self.num_workers),
             (self.rpc_timeout_s > 0, "rpc_timeout_s > 0", self.rpc_timeout_s),
+            (self.checkpoint_every >= 0, "checkpoint_every >= 0 (0: only at epoch ends)", self.checkpoint_every),
+            # A gradient from one of N workers is usually N-1 updates old when it arrives (each other worker
+            # pushed once meanwhile): a smaller bound would drop most gradients.
+            (self.mode != "async" or self.max_staleness >= self.num_workers - 1,
+             f"max_staleness >= num_workers - 1 = {self.num_workers - 1} in async mode", self.max_staleness),
         ]
         for ok, expected, found in checks:
             if not ok:
@@ -59,6 +69,14 @@ class TrainConfig:
     @property
     def world_size(self) -> int:
         return self.num_ps + self.num_workers
+
+    @property
+    def checkpoint_key(self) -> str:
+        """Where checkpoints live: ``checkpoint_prefix``, else ``<parent>/checkpoints/<name>`` of the output."""
+        if self.checkpoint_prefix:
+            return self.checkpoint_prefix
+        parent, name = posixpath.split(self.output_prefix.strip("/"))
+        return posixpath.join(parent, "checkpoints", name) if parent else f"checkpoints/{name}"
 
 
 def build_parser() -> argparse.ArgumentParser:

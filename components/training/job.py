@@ -9,9 +9,22 @@ from typing import Any
 from components.store import join_key, open_store
 from components.training.config import TrainConfig
 from components.training.local import launch_local
+from components.training.pytorchjob_launcher import run_pytorchjob
 from components.training.worker import HISTORY_FILE
 
-LAUNCHERS = ("local",)
+LAUNCHERS = ("local", "pytorchjob")
+
+
+def model_prefix(run_id: str) -> str:
+    """Where a pipeline run's model folder lives in the store."""
+    return f"runs/{run_id}/model"
+
+
+def run_config(store_uri: str, dataset_prefix: str, run_id: str, **settings: Any) -> TrainConfig:
+    """The configuration of one pipeline run's training job (the train step and ``render`` both use this)."""
+    config = TrainConfig(store_uri=store_uri, dataset_prefix=dataset_prefix, output_prefix=model_prefix(run_id), **settings)
+    config.validate()
+    return config
 
 
 @dataclass(frozen=True)
@@ -25,10 +38,17 @@ class TrainResult:
         return max(self.history, key=lambda e: (e["val_accuracy"], e["epoch"]))
 
 
-def train(config: TrainConfig, launcher: str, timeout_s: float) -> TrainResult:
-    """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history."""
-    if launcher not in LAUNCHERS:
+def train(config: TrainConfig, launcher: str, timeout_s: float, backoff_limit: int = 3, run_id: str = "") -> TrainResult:
+    """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history.
+
+    ``backoff_limit``: how many times the whole job may be relaunched from its latest checkpoint.
+    ``run_id``: the pipeline run, which names the cluster job (``pytorchjob`` only).
+    """
+    if launcher == "local":
+        launch_local(config, timeout_s=timeout_s, backoff_limit=backoff_limit)
+    elif launcher == "pytorchjob":
+        run_pytorchjob(config, run_id, timeout_s, backoff_limit)
+    else:
         raise ValueError(f"expected launcher in {LAUNCHERS}, got {launcher!r}")
-    launch_local(config, timeout_s=timeout_s)
     history = json.loads(open_store(config.store_uri).read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
     return TrainResult(config.output_prefix, history["epochs"], history["config"])

@@ -1,9 +1,12 @@
 """The ``local`` launcher: every rank as a process on this machine, supervised like pods.
 
-It sets the same environment the Training Operator gives PyTorchJob pods, streams every rank's
-output into its own (prefixed with the rank's name), and fails when any rank fails: the others are
-stopped at once and the error carries the failed rank's last lines. A job that outlives its
-timeout is stopped and fails too. Nothing it starts outlives it.
+It sets the same environment the Training Operator gives PyTorchJob pods and streams every rank's
+output into its own (prefixed with the rank's name). It behaves like the cluster with restart policy
+``ExitCode``: when any rank dies, the others are stopped at once (RPC has a fixed world size), and if
+the first rank to die was killed by a signal or exited with a code in 128–255 the whole group is
+relaunched, resuming from the latest complete checkpoint, up to ``backoff_limit`` times. An exit code
+1–127 is permanent (bad configuration or data) and fails at once. A failure carries the dead rank's
+last lines. A job that outlives its timeout is stopped and fails too. Nothing it starts outlives it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -45,15 +49,55 @@ def rank_names(config: TrainConfig) -> list[str]:
     return [ps_name(r) for r in range(config.num_ps)] + [worker_name(w) for w in range(config.num_workers)]
 
 
-def launch_local(config: TrainConfig, timeout_s: float = 3600.0, out: TextIO | None = None) -> None:
-    """Run the job to completion; raise :class:`TrainingError` if any rank fails or time runs out."""
+@dataclass(frozen=True)
+class RankFailure:
+    """The rank whose death ended one attempt: the first to exit non-zero."""
+
+    rank: RankProcess
+    code: int
+
+    @property
+    def retryable(self) -> bool:
+        # The Training Operator's ExitCode policy: signals (negative here) and 128–255 are retried.
+        return self.code < 0 or self.code >= 128
+
+    def describe(self) -> str:
+        return f"{self.rank.name} was killed by signal {-self.code}" if self.code < 0 else f"{self.rank.name} exited with code {self.code}"
+
+
+def launch_local(config: TrainConfig, timeout_s: float = 3600.0, out: TextIO | None = None, backoff_limit: int = 3,
+                 on_start: Callable[[int, dict[str, int]], None] | None = None) -> None:
+    """Run the job to completion; raise :class:`TrainingError` if it fails for good or time runs out.
+
+    ``on_start(attempt, {rank name: pid})`` is called as each attempt's processes start (for tests
+    and tools that inject faults).
+    """
     config.validate()
+    if backoff_limit < 0:
+        raise ValueError(f"expected backoff_limit >= 0, got {backoff_limit}")
     out = out or sys.stdout
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(backoff_limit + 1):
+        failure = _attempt(config, deadline, out, attempt, on_start)
+        if failure is None:
+            return
+        if not failure.retryable:
+            raise TrainingError(_failure_message(failure, ""))
+        if attempt == backoff_limit:
+            raise TrainingError(_failure_message(failure, f" (backoff limit {backoff_limit} reached)"))
+        out.write(f"[launcher] {failure.describe()}; relaunching every rank from the latest checkpoint "
+                  f"(restart {attempt + 1} of at most {backoff_limit})\n")
+        out.flush()
+
+
+def _attempt(config: TrainConfig, deadline: float, out: TextIO, attempt: int, on_start) -> RankFailure | None:
     progress = ProgressBar(out) if out.isatty() else None
     port = free_port()
     ranks = [_start_rank(config, rank, name, port, out, progress) for rank, name in enumerate(rank_names(config))]
     try:
-        _supervise(ranks, time.monotonic() + timeout_s)
+        if on_start:
+            on_start(attempt, {r.name: r.popen.pid for r in ranks})
+        return _supervise(ranks, deadline)
     finally:
         _stop(ranks)
         if progress:
@@ -107,7 +151,8 @@ def _pump(proc: RankProcess, out: TextIO, progress) -> None:
         out.flush()
 
 
-def _supervise(ranks: list[RankProcess], deadline: float) -> None:
+def _supervise(ranks: list[RankProcess], deadline: float) -> RankFailure | None:
+    """Wait until every rank succeeded (``None``) or one failed (the first to die); stop at the deadline."""
     while True:
         codes = [r.popen.poll() for r in ranks]
         for r, c in zip(ranks, codes):
@@ -117,11 +162,11 @@ def _supervise(ranks: list[RankProcess], deadline: float) -> None:
         if failed:
             rank, code = min(failed, key=lambda rc: _exit_order(rc[0]))
             _stop(ranks)
-            raise TrainingError(_failure_message(rank, code))
+            return RankFailure(rank, code)
         if all(c == 0 for c in codes):
             for r in ranks:
                 r.reader.join(timeout=5)
-            return
+            return None
         if time.monotonic() > deadline:
             _stop(ranks)
             raise TrainingError(f"training did not finish before its timeout; stopped ranks {[r.name for r in ranks]}")
@@ -134,12 +179,11 @@ def _exit_order(rank: RankProcess) -> tuple[float, bool]:
     return (rank.exited_at or 0.0, rank.popen.returncode >= 0)
 
 
-def _failure_message(rank: RankProcess, code: int) -> str:
-    if rank.reader:
-        rank.reader.join(timeout=2)
-    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    tail = "\n".join(f"  {line}" for line in rank.tail) or "  (no output)"
-    return f"training failed: {rank.name} {how}; its last lines:\n{tail}"
+def _failure_message(failure: RankFailure, note: str) -> str:
+    if failure.rank.reader:
+        failure.rank.reader.join(timeout=2)
+    tail = "\n".join(f"  {line}" for line in failure.rank.tail) or "  (no output)"
+    return f"training failed: {failure.describe()}{note}; its last lines:\n{tail}"
 
 
 def _stop(ranks: list[RankProcess], grace_s: float = 5.0) -> None:

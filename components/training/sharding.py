@@ -48,18 +48,29 @@ class ShardLayout:
 
 
 def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """Concatenate tensors into one flat CPU float32 tensor (into ``out`` when given)."""
-    flat = [t.detach().reshape(-1).to("cpu", torch.float32) for t in tensors]
-    return torch.cat(flat, out=out) if out is not None else torch.cat(flat)
+    """Concatenate tensors into one flat CPU float32 tensor (into ``out`` when given).
+
+    Tensors on a GPU are concatenated there and copied to the host once, not one copy per tensor.
+    """
+    flat = [t.detach().reshape(-1) for t in tensors]
+    on_host = flat[0].device.type == "cpu" and flat[0].dtype == torch.float32
+    if out is None:
+        return torch.cat(flat).to("cpu", torch.float32)
+    if on_host:
+        return torch.cat(flat, out=out)
+    out.copy_(torch.cat(flat))
+    return out
 
 
 def assign_flat(params: list[nn.Parameter], flat: torch.Tensor) -> None:
-    """Copy consecutive slices of ``flat`` into ``params`` (on whatever device they live)."""
+    """Copy consecutive slices of ``flat`` into ``params`` (one host-to-device copy when they live on a GPU)."""
+    total = sum(p.numel() for p in params)
+    if total != flat.numel():
+        raise ValueError(f"expected a flat tensor of {total} values, got {flat.numel()}")
+    source = flat.to(params[0].device, non_blocking=True)
     offset = 0
     with torch.no_grad():
         for p in params:
             n = p.numel()
-            p.copy_(flat[offset : offset + n].view_as(p), non_blocking=True)
+            p.copy_(source[offset : offset + n].view_as(p))
             offset += n
-    if offset != flat.numel():
-        raise ValueError(f"expected a flat tensor of {offset} values, got {flat.numel()}")

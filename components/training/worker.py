@@ -1,18 +1,36 @@
 """The worker side: pull parameters, compute gradients on this device, push them, repeat.
 
-Each epoch every worker reads its own slice of the same seeded permutation of the training split:
-at step ``s`` the global batch is ``perm[s·N·B : (s+1)·N·B]`` and worker ``w`` takes the ``w``-th
-block of ``B``. Worker 0 also validates after each epoch, keeps the best weights, and writes the
-model folder (``model.safetensors``, ``model.json``, ``history.json``) to the store at the end.
+Data order: each epoch every worker reads its own slice of the same seeded permutation of the training
+split: at step ``s`` the global batch is ``perm[s·N·B : (s+1)·N·B]`` and worker ``w`` takes the
+``w``-th block of ``B``. The augmentation and dropout randomness of a step is seeded from
+``(seed, worker, global step)``. A worker's whole input is therefore a pure function of the global
+step, which is what a checkpoint records as the data position: a job resumed from step ``s`` sees
+exactly the batches an uninterrupted one would have seen from ``s`` on.
+
+Device: CUDA when present (``bf16=True`` adds bfloat16 autocast to the forward pass; parameters,
+gradients and the servers' state stay float32), CPU otherwise. Gradients and parameters travel as one
+float32 CPU tensor per shard: RPC device maps are beta and do not work with everything RPC does.
+
+BatchNorm buffers (running mean/variance) are not parameters: the servers never see them. Each worker
+keeps its own, and worker 0's are the model's, as DistributedDataParallel keeps rank 0's: worker 0
+validates with them, saves them with the model and in each checkpoint. Running statistics only matter
+in evaluation, which only worker 0 does, so the other workers' buffers never influence the result;
+worker 0 estimates them from its 1/N of every global batch, a sample of the same distribution.
+
+Worker 0 also validates after each epoch, keeps the best weights, writes the checkpoints (see
+:mod:`components.training.server` for how they stay consistent) and writes the model folder
+(``model.safetensors``, ``model.json``, ``history.json``) to the store at the end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +43,7 @@ from components.nets import build_model
 from components.predict import predict_logits
 from components.preprocessing import normalize
 from components.store import join_key, open_store
-from components.training import server
+from components.training import checkpoint, server
 from components.training.config import TrainConfig
 from components.training.sharding import ShardLayout, assign_flat, flatten
 
@@ -52,17 +70,20 @@ class EpochStats:
 
 
 class RemoteParameters:
-    """This worker's handle on the sharded parameters: one flat tensor and one RPC per shard."""
+    """This worker's handle on the sharded parameters: one flat tensor and one RPC per shard per step."""
 
-    def __init__(self, model: torch.nn.Module, layout: ShardLayout):
+    def __init__(self, model: torch.nn.Module, layout: ShardLayout, worker: int):
         self.groups = layout.groups(model)
-        self.buffers = [torch.empty(n) for n in layout.sizes(model)]
+        pin = next(model.parameters()).device.type == "cuda"  # page-locked: faster device-to-host copies
+        self.buffers = [torch.empty(n, pin_memory=pin) for n in layout.sizes(model)]
+        self.versions = [0] * len(self.groups)
+        self.worker = worker
         self.comm_seconds = 0.0
+        self.bytes_moved = 0  # tensor payload: gradients sent plus parameters received (RPC framing not included)
 
     def pull(self) -> None:
         futures = [rpc.rpc_async(ps_name(i), server.pull) for i in range(len(self.groups))]
-        for group, future in zip(self.groups, futures):
-            assign_flat(group, future.wait())
+        self._load(futures)
 
     def push_pull(self) -> None:
         """Send this step's gradients and load the parameters the shards answer with."""
@@ -70,10 +91,39 @@ class RemoteParameters:
         futures = []
         for i, (group, buffer) in enumerate(zip(self.groups, self.buffers)):
             flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in group], out=buffer)
-            futures.append(rpc.rpc_async(ps_name(i), server.push_pull, args=(buffer,)))
-        for group, future in zip(self.groups, futures):
-            assign_flat(group, future.wait())
+            futures.append(rpc.rpc_async(ps_name(i), server.push_pull, args=(self.worker, buffer, self.versions[i])))
+            self.bytes_moved += buffer.numel() * buffer.element_size()
+        self._load(futures)
         self.comm_seconds += time.perf_counter() - started
+
+    def _load(self, futures: list) -> None:
+        for i, (group, future) in enumerate(zip(self.groups, futures)):
+            flat, self.versions[i] = future.wait()
+            self.bytes_moved += flat.numel() * flat.element_size()
+            assign_flat(group, flat)
+
+    def finish(self) -> None:
+        """Tell every shard this worker is done (each then logs its summary and shuts down)."""
+        futures = [rpc.rpc_async(ps_name(i), server.finish, args=(self.worker,)) for i in range(len(self.groups))]
+        torch.futures.wait_all(futures)
+
+
+@dataclass
+class Progress:
+    """Everything a worker must carry across a restart (only worker 0 uses more than ``step``)."""
+
+    step: int = 0  # global steps done, over all epochs: the data position
+    loss_sum: float = 0.0  # this epoch so far
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    comm_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def end_epoch(self) -> None:
+        self.loss_sum, self.correct, self.seen, self.seconds, self.comm_seconds = 0.0, 0, 0, 0.0, 0.0
 
 
 def steps_per_epoch(num_train: int, config: TrainConfig) -> int:
@@ -94,6 +144,11 @@ def batch_indices(num_train: int, epoch: int, worker: int, config: TrainConfig) 
     return [perm[start : start + config.batch_size] for start in starts]
 
 
+def step_seed(seed: int, worker: int, step: int) -> int:
+    """The seed of one worker's randomness (augmentation, dropout) at one global step."""
+    return int(np.random.SeedSequence([seed, worker, step]).generate_state(1)[0])
+
+
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels (zero fill): cheap, label-preserving."""
     _, _, h, w = images.shape
@@ -102,8 +157,13 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: in
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def pick_device(worker: int) -> torch.device:
+    """A GPU per worker when there are several on this machine (a pod has one: all use cuda:0), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", worker % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
 
 
 def model_card(info: DatasetInfo, config: TrainConfig) -> ModelCard:
@@ -112,66 +172,142 @@ def model_card(info: DatasetInfo, config: TrainConfig) -> ModelCard:
 
 
 def run_worker(config: TrainConfig, worker: int) -> None:
-    """Train until the last epoch; worker 0 then writes the best model to the store."""
-    torch.manual_seed(config.seed)
-    device = pick_device()
-    data = load_prepared(config.store_uri, config.dataset_prefix, ("train", "val"))
-    card = model_card(data.info, config)
-    model = build_model(config.arch, card.in_channels, card.num_classes).to(device)
-    remote = RemoteParameters(model, ShardLayout.balanced(model, config.num_ps))
-    remote.pull()
-    images = torch.from_numpy(data.images["train"])
-    labels = torch.from_numpy(data.labels["train"])
-    generator = torch.Generator().manual_seed(config.seed * 1000 + worker)
-    history: list[EpochStats] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    for epoch in range(1, config.epochs + 1):
-        stats = train_one_epoch(model, remote, images, labels, card, config, epoch, worker, generator)
-        if worker != 0:
-            continue
-        stats = _validate(model, stats, data.images["val"], data.labels["val"], card)
-        history.append(stats)
-        _log_epoch(stats, config.epochs)
-        if best is None or stats.val_accuracy >= best[0]:
-            best = (stats.val_accuracy, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    if worker == 0 and best is not None:
-        model.load_state_dict(best[1])
-        _write_model(model, card, history, config)
+    """Train until the last epoch (resuming from the latest checkpoint); worker 0 then writes the model."""
+    Worker(config, worker).run()
 
 
-def train_one_epoch(model, remote: RemoteParameters, images, labels, card: ModelCard, config: TrainConfig,
-                    epoch: int, worker: int, generator: torch.Generator) -> EpochStats:
-    model.train()
-    device = next(model.parameters()).device
-    started, comm_before = time.perf_counter(), remote.comm_seconds
-    batches = batch_indices(len(images), epoch, worker, config)
-    total_loss, correct, seen = 0.0, 0, 0
-    for step, idx in enumerate(batches, 1):
-        x, y = images[idx], labels[idx].to(device)
-        if config.augment:
-            x = random_shift(x, generator)
-        logits = model(normalize(x.to(device), card.mean, card.std))
-        loss = F.cross_entropy(logits, y)
-        model.zero_grad(set_to_none=False)
+class Worker:
+    """One worker's training loop and, for worker 0, validation, checkpoints and the model."""
+
+    def __init__(self, config: TrainConfig, worker: int):
+        self.config, self.worker, self.device = config, worker, pick_device(worker)
+        data = load_prepared(config.store_uri, config.dataset_prefix, ("train", "val") if worker == 0 else ("train",))
+        self.card = model_card(data.info, config)
+        self.images, self.labels = torch.from_numpy(data.images["train"]), torch.from_numpy(data.labels["train"])
+        self.val = (data.images.get("val"), data.labels.get("val"))
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.arch, self.card.in_channels, self.card.num_classes).to(self.device)
+        self.remote = RemoteParameters(self.model, ShardLayout.balanced(self.model, config.num_ps), worker)
+        self.steps = steps_per_epoch(len(self.images), config)
+        self.progress = Progress()
+        self.store = open_store(config.store_uri)
+
+    def run(self) -> None:
+        self.resume()
+        self.remote.pull()
+        while self.progress.step < self.steps * self.config.epochs:
+            epoch = self.progress.step // self.steps + 1
+            self.train_epoch(epoch, first=self.progress.step % self.steps)
+            self.end_epoch(epoch)
+        if self.worker == 0:
+            self.write_model()
+        self.remote.finish()
+
+    def train_epoch(self, epoch: int, first: int) -> None:
+        self.model.train()
+        batches = batch_indices(len(self.images), epoch, self.worker, self.config)
+        p, every = self.progress, self.config.checkpoint_every
+        for index in range(first, len(batches)):
+            started, comm_before = time.perf_counter(), self.remote.comm_seconds
+            loss_sum, correct = self.train_step(batches[index])
+            p.step, p.loss_sum, p.correct, p.seen = p.step + 1, p.loss_sum + loss_sum, p.correct + correct, p.seen + len(batches[index])
+            p.seconds += time.perf_counter() - started
+            p.comm_seconds += self.remote.comm_seconds - comm_before
+            if self.worker == 0:
+                _log_progress(epoch, index + 1, len(batches), p.loss_sum / p.seen)
+            if every and p.step % every == 0 and index + 1 < len(batches):
+                self.checkpoint()
+
+    def train_step(self, idx: np.ndarray) -> tuple[float, int]:
+        """One forward/backward pass and one push-pull; returns (summed loss, correct predictions)."""
+        seed = step_seed(self.config.seed, self.worker, self.progress.step)
+        torch.manual_seed(seed)  # dropout
+        x, y = self.images[idx], self.labels[idx].to(self.device, non_blocking=True)
+        if self.config.augment:
+            x = random_shift(x, torch.Generator().manual_seed(seed))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            logits = self.model(normalize(x.to(self.device, non_blocking=True), self.card.mean, self.card.std))
+        loss = F.cross_entropy(logits.float(), y)
+        self.model.zero_grad(set_to_none=False)
         loss.backward()
-        remote.push_pull()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        if worker == 0:
-            _log_progress(epoch, step, len(batches), total_loss / seen)
-    elapsed = time.perf_counter() - started
-    comm = (remote.comm_seconds - comm_before) / max(elapsed, 1e-9)
-    return EpochStats(epoch, total_loss / seen, correct / seen, float("nan"), float("nan"), elapsed, comm)
+        self.remote.push_pull()
+        return loss.item() * len(y), int((logits.argmax(1) == y).sum())
 
+    def end_epoch(self, epoch: int) -> None:
+        p = self.progress
+        if self.worker == 0:
+            stats = EpochStats(epoch, p.loss_sum / p.seen, p.correct / p.seen, math.nan, math.nan, p.seconds,
+                               p.comm_seconds / max(p.seconds, 1e-9))
+            self.validate(stats)
+            p.history.append(asdict(stats))
+            _log_epoch(stats, self.config.epochs)
+            if stats.val_accuracy >= p.best_accuracy:
+                p.best_accuracy = stats.val_accuracy
+                p.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        p.end_epoch()
+        self.checkpoint()
 
-def _validate(model, stats: EpochStats, images: np.ndarray, labels: np.ndarray, card: ModelCard) -> EpochStats:
-    model.eval()
-    logits = predict_logits(model, torch.from_numpy(images), card)
-    target = torch.from_numpy(labels)
-    stats.val_loss = float(F.cross_entropy(logits, target))
-    stats.val_accuracy = float((logits.argmax(1) == target).float().mean())
-    return stats
+    def validate(self, stats: EpochStats) -> None:
+        self.model.eval()
+        logits = predict_logits(self.model, torch.from_numpy(self.val[0]), self.card)
+        target = torch.from_numpy(self.val[1])
+        stats.val_loss = float(F.cross_entropy(logits, target))
+        stats.val_accuracy = float((logits.argmax(1) == target).float().mean())
+        self.model.train()
+
+    def checkpoint(self) -> None:
+        """Write checkpoint ``progress.step``: worker 0 writes it; in async mode everyone waits for it."""
+        step, is_async = self.progress.step, self.config.mode == "async"
+        if is_async:
+            rpc.rpc_sync(ps_name(0), server.checkpoint_barrier, args=(self.worker, step))
+        if self.worker != 0:
+            return
+        futures = [rpc.rpc_async(ps_name(i), server.save_checkpoint, args=(step, None if is_async else step))
+                   for i in range(self.config.num_ps)]
+        files = {checkpoint.shard_file(i): f.wait() for i, f in enumerate(futures)}
+        key = self.config.checkpoint_key
+        files[checkpoint.WORKER_FILE] = checkpoint.write_part(self.store, key, step, checkpoint.WORKER_FILE, self.worker_state())
+        checkpoint.commit(self.store, key, checkpoint.Commit(step, checkpoint.shape_of(self.config), files))
+        if is_async:
+            rpc.rpc_sync(ps_name(0), server.release_barrier, args=(step,))
+
+    def worker_state(self) -> dict[str, Any]:
+        p = self.progress
+        return {"buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()},
+                "totals": {"loss_sum": p.loss_sum, "correct": p.correct, "seen": p.seen, "seconds": p.seconds, "comm_seconds": p.comm_seconds},
+                "history": p.history, "best_accuracy": p.best_accuracy, "best_state": p.best_state}
+
+    def resume(self) -> None:
+        """Continue from the latest complete checkpoint, if there is one."""
+        record = checkpoint.latest(self.store, self.config.checkpoint_key, checkpoint.shape_of(self.config))
+        if record is None:
+            return
+        self.progress.step = record.step
+        if self.worker == 0:
+            self.restore(checkpoint.read_part(self.store, self.config.checkpoint_key, record, checkpoint.WORKER_FILE))
+            print(f"resuming from the checkpoint of step {record.step} (epoch {record.step // self.steps + 1}, "
+                  f"step {record.step % self.steps} of {self.steps})", flush=True)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(state["buffers"][name])
+        p = self.progress
+        totals = state["totals"]
+        p.loss_sum, p.correct, p.seen = totals["loss_sum"], totals["correct"], totals["seen"]
+        p.seconds, p.comm_seconds = totals["seconds"], totals["comm_seconds"]
+        p.history, p.best_accuracy, p.best_state = list(state["history"]), state["best_accuracy"], dict(state["best_state"])
+
+    def write_model(self) -> None:
+        if self.progress.best_state:
+            self.model.load_state_dict(self.progress.best_state)
+        history = {"epochs": self.progress.history, "config": asdict(self.config)}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            save_model(folder, self.model, self.card)
+            (folder / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+            for path in sorted(folder.iterdir()):
+                self.store.upload_file(join_key(self.config.output_prefix, path.name), path)
 
 
 def _log_progress(epoch: int, step: int, steps: int, loss: float) -> None:
@@ -186,13 +322,3 @@ def _log_epoch(s: EpochStats, epochs: int) -> None:
         f"val_loss {s.val_loss:.4f}  val_acc {s.val_accuracy:.4f}  comm {s.comm_fraction:.0%}  {s.seconds:.1f}s",
         flush=True,
     )
-
-
-def _write_model(model, card: ModelCard, history: list[EpochStats], config: TrainConfig) -> None:
-    store = open_store(config.store_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        save_model(folder, model, card)
-        (folder / HISTORY_FILE).write_text(json.dumps({"epochs": [asdict(s) for s in history], "config": asdict(config)}, indent=2))
-        for path in sorted(folder.iterdir()):
-            store.upload_file(join_key(config.output_prefix, path.name), path)

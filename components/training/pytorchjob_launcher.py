@@ -1,0 +1,172 @@
+"""The ``pytorchjob`` launcher: run the training job on the cluster from inside the KFP step.
+
+The step creates the PyTorchJob under a name unique to the pipeline run (a name that exists already
+is an error, never reused: it is left over from an earlier attempt of the same run), follows the log
+of every replica's pod into its own output (``[master-0] …``, ``[worker-1] …``; a pod the operator
+recreates is followed again), reports pod phase changes (a pod stuck ``Pending`` for want of a GPU is
+visible, not silent), and waits for ``Succeeded`` or ``Failed``:
+
+- ``Succeeded``: return; the model is in the store.
+- ``Failed``: raise :class:`TrainingError` naming the replica that failed first, its exit code and
+  what that code means under ``restartPolicy: ExitCode``, and its last log lines.
+- the timeout passes, the step is cancelled (SIGTERM, as Argo sends it, or Ctrl-C), or the watch
+  itself breaks: the job is deleted (its pods with it) before the error propagates, so nothing keeps
+  holding GPUs for a step that no longer waits for it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+from urllib.parse import urlparse
+
+from components.errors import TrainingError
+from components.training.config import TrainConfig
+from components.training.kube import TERMINAL, JobClient, JobExistsError, JobStatus, KubernetesJobClient, PodInfo, current_namespace
+from components.training.pytorchjob import PyTorchJobSettings, build_pytorchjob
+
+TAIL_LINES = 30
+
+
+class Cancelled(KeyboardInterrupt):
+    """The step was cancelled (SIGTERM)."""
+
+
+class LogStreams:
+    """One thread per pod instance copies its log into ``out`` and keeps the replica's last lines."""
+
+    def __init__(self, client: JobClient, out: TextIO):
+        self.client, self.out = client, out
+        self.tails: dict[str, deque[str]] = {}
+        self._followed: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def follow(self, pods: list[PodInfo]) -> None:
+        for pod in pods:
+            if pod.started and pod.uid not in self._followed:
+                self._followed.add(pod.uid)
+                self.tails.setdefault(pod.replica, deque(maxlen=TAIL_LINES))
+                thread = threading.Thread(target=self._pump, args=(pod,), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _pump(self, pod: PodInfo) -> None:
+        for line in self.client.stream_logs(pod.name):
+            with self._lock:
+                self.tails[pod.replica].append(line)
+                self.out.write(f"[{pod.replica}] {line}\n")
+                self.out.flush()
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def tail(self, replica: str) -> list[str]:
+        with self._lock:
+            return list(self.tails.get(replica, ()))
+
+
+def launch_pytorchjob(manifest: dict[str, Any], client: JobClient, timeout_s: float, out: TextIO | None = None,
+                      poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Create the job, stream its logs, and return when it succeeded; raise :class:`TrainingError` otherwise."""
+    out = out or sys.stdout
+    name = manifest["metadata"]["name"]
+    try:
+        client.create_job(manifest)
+    except JobExistsError as error:
+        raise TrainingError(f"{error}. Job names are unique per pipeline run, so it is left over from an earlier attempt of this run: "
+                            f"delete it (kubectl delete pytorchjob {name} -n {manifest['metadata'].get('namespace', '')}) or start a new run") from None
+    _say(out, f"created PyTorchJob {name}")
+    streams = LogStreams(client, out)
+    finished = False
+    try:
+        with _sigterm_cancels():
+            status, pods = _watch(client, name, streams, clock() + timeout_s, timeout_s, poll_s, clock, sleep, out)
+        finished = True
+    finally:
+        if not finished:
+            _say(out, f"deleting PyTorchJob {name}")
+            client.delete_job(name)
+    if status.phase == "Failed":
+        raise TrainingError(failure_message(name, status, pods, streams))
+    _say(out, f"PyTorchJob {name} succeeded")
+
+
+def _watch(client: JobClient, name: str, streams: LogStreams, deadline: float, timeout_s: float, poll_s: float,
+           clock: Callable[[], float], sleep: Callable[[float], None], out: TextIO) -> tuple[JobStatus, list[PodInfo]]:
+    seen: dict[str, str] = {}
+    while True:
+        status, pods = client.get_status(name), client.list_pods(name)
+        streams.follow(pods)
+        _report_changes(status, pods, seen, out)
+        if status.phase in TERMINAL:
+            streams.join(timeout_s=30)
+            return status, pods
+        if clock() > deadline:
+            states = ", ".join(f"{p.replica} {p.phase}" for p in sorted(pods, key=lambda p: p.replica)) or "no pods"
+            raise TrainingError(f"PyTorchJob {name} did not finish within {timeout_s:g} s (job {status.phase}; {states})")
+        sleep(poll_s)
+
+
+def _report_changes(status: JobStatus, pods: list[PodInfo], seen: dict[str, str], out: TextIO) -> None:
+    """One line per change of the job's phase or a pod's phase, so a stuck job is never silent."""
+    current = {"job": f"{status.phase}{': ' + status.message if status.message else ''}"}
+    current.update({p.replica: f"{p.phase}{' (' + p.waiting_reason + ')' if p.waiting_reason else ''}" for p in pods})
+    for key, value in sorted(current.items()):
+        if seen.get(key) != value:
+            _say(out, f"{key}: {value}")
+            seen[key] = value
+
+
+def failure_message(name: str, status: JobStatus, pods: list[PodInfo], streams: LogStreams) -> str:
+    """Which replica failed first, with which exit code and what it means, and its last lines."""
+    failed = sorted((p for p in pods if p.exit_code not in (None, 0)), key=lambda p: p.finished_at or "")
+    reason = status.message or "no reason given"
+    if not failed:
+        return f"PyTorchJob {name} failed: {reason}; no replica reported a failing exit code (kubectl describe pytorchjob {name})"
+    pod = failed[0]
+    meaning = "permanent: bad configuration or data" if pod.exit_code < 128 else "retried until the backoff limit ran out"
+    tail = "\n".join(f"  {line}" for line in streams.tail(pod.replica)) or "  (no output)"
+    return (f"PyTorchJob {name} failed: {reason}; {pod.replica} (pod {pod.name}) exited with code {pod.exit_code} "
+            f"({meaning}); its last lines:\n{tail}")
+
+
+@contextmanager
+def _sigterm_cancels() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Cancelled` while waiting (signals can only be handled in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum, frame):
+        raise Cancelled("the training step was cancelled (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(f"[launcher] {text}\n")
+    out.flush()
+
+
+def run_pytorchjob(config: TrainConfig, run_id: str, timeout_s: float, backoff_limit: int,
+                   settings: PyTorchJobSettings | None = None, client: JobClient | None = None, out: TextIO | None = None) -> None:
+    """Build the job for ``config`` and run it to the end in this step's namespace."""
+    if urlparse(config.store_uri).scheme != "https":
+        raise TrainingError(f"expected an Azure Blob store URI (https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX) for the "
+                            f"pytorchjob launcher: its pods cannot read {config.store_uri!r} on this machine")
+    settings = settings or PyTorchJobSettings(namespace=current_namespace())
+    manifest = build_pytorchjob(config, run_id, settings, int(timeout_s), backoff_limit)
+    launch_pytorchjob(manifest, client or KubernetesJobClient(settings.namespace), timeout_s, out)
