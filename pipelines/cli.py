@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from components.errors import ProjectError
+from components.training.local import PROGRESS_TTY_ENV
 from pipelines.params import parse_params, signature_from_component_inputs
 from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
@@ -47,6 +49,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if not args.local:
         raise SystemExit("error: only --local runs start here; use `python -m pipelines submit` for a Kubeflow cluster")
+    if sys.stdout.isatty():
+        os.environ[PROGRESS_TTY_ENV] = "1"  # the training step draws its progress bar on this terminal
     overrides = parse_params(args.param, pipeline_signature())
     arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
     local_run.run_local(args.workdir, arguments)

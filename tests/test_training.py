@@ -278,3 +278,19 @@ def test_async_checkpoint_barrier_lets_worker0_write_while_the_others_wait():
     barrier.arrive(1, 80)
     with pytest.raises(ValueError, match="expected every worker at checkpoint step 80, worker 2 arrived at 60"):
         barrier.arrive(2, 60)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_on_a_terminal_and_stays_off_a_pipe(monkeypatch):
+    from components.training.local import PROGRESS_TTY_ENV, ProgressBar
+
+    terminal = _Terminal()
+    bar = ProgressBar.for_output(terminal)
+    bar.update("@progress 2 11 22 0.5000")
+    assert "epoch 2 [###############...............] 11/22 loss 0.5000" in terminal.getvalue()
+    monkeypatch.delenv(PROGRESS_TTY_ENV, raising=False)
+    assert ProgressBar.for_output(io.StringIO()) is None  # a pipe, and nobody asked for a terminal bar

@@ -91,7 +91,7 @@ def launch_local(config: TrainConfig, timeout_s: float = 3600.0, out: TextIO | N
 
 
 def _attempt(config: TrainConfig, deadline: float, out: TextIO, attempt: int, on_start) -> RankFailure | None:
-    progress = ProgressBar(out) if out.isatty() else None
+    progress = ProgressBar.for_output(out)
     port = free_port()
     ranks = [_start_rank(config, rank, name, port, out, progress) for rank, name in enumerate(rank_names(config))]
     try:
@@ -207,11 +207,31 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
         pass
 
 
+PROGRESS_TTY_ENV = "KFP_PS_PROGRESS_TTY"
+
+
 class ProgressBar:
     """A one-line progress bar on a terminal, drawn from worker 0's ``@progress`` lines."""
 
-    def __init__(self, out: TextIO, width: int = 30):
-        self.out, self.width, self.shown = out, width, False
+    def __init__(self, out: TextIO, width: int = 30, owns_stream: bool = False):
+        self.out, self.width, self.shown, self.owns_stream = out, width, False, owns_stream
+
+    @classmethod
+    def for_output(cls, out: TextIO) -> ProgressBar | None:
+        """A bar on ``out`` when it is a terminal; else on ``/dev/tty`` when the user's command asked for one.
+
+        Under kfp.local a step's stdout is a pipe that is forwarded line by line, so a ``\r`` bar cannot
+        travel through it. ``python -m pipelines run`` sets ``KFP_PS_PROGRESS_TTY=1`` when it runs in a
+        terminal; the bar is then drawn straight on that terminal while log lines keep using the pipe.
+        """
+        if out.isatty():
+            return cls(out)
+        if os.environ.get(PROGRESS_TTY_ENV) != "1":
+            return None
+        try:
+            return cls(open("/dev/tty", "w"), owns_stream=True)  # noqa: SIM115 (closed in close())
+        except OSError:  # no controlling terminal (CI, a pod): no bar, the epoch lines remain
+            return None
 
     def update(self, line: str) -> None:
         _, epoch, step, steps, loss = line.split()
@@ -228,3 +248,5 @@ class ProgressBar:
 
     def close(self) -> None:
         self.clear()
+        if self.owns_stream:
+            self.out.close()
