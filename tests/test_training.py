@@ -5,6 +5,7 @@ Real launcher runs (processes, faults) are in ``test_training_runs.py``.
 
 from __future__ import annotations
 
+import io
 import pickle
 
 import numpy as np
