@@ -8,17 +8,18 @@ app before the server starts, makes the server's answers:
 - a body over the configured size: 413, checked on ``Content-Length`` and on the bytes received;
 - invalid JSON or a body that is not an inference request: 400 ``{"error": "..."}``;
 - the binary tensor extension parsed strictly (:func:`parse_infer_body`), raw BYTES kept as bytes;
-- endpoints this server does not offer (explain, model versions): 404; the model-repository
-  endpoints, which would let any caller unload the model while health checks stay green: 403.
+- what this server does not offer (explain, model versions), which KServe answers with 501: 404;
+  the model-repository endpoints: 403 (:class:`NotOffered`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import InferInput, InferRequest, ModelServer
@@ -130,26 +131,42 @@ async def http_error_handler(_: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
 
 
-# -- endpoints this server does not offer -----------------------------------------------------------------------
+# -- what this server does not offer ------------------------------------------------------------------------------
 
 
-def unsupported_routes() -> APIRouter:
-    """Routes registered before KServe's own, so they answer first on these paths."""
-    router = APIRouter(include_in_schema=False)
+class NotOffered:
+    """ASGI middleware: answer requests for what this server does not offer before KServe sees them.
 
-    async def repository(model_name: str) -> None:
-        raise HTTPException(403, f"model repository operations are disabled: this server serves one verified version of {model_name!r}")
+    KServe answers a model version (``/versions/V/...`` or ``?model_version=V``) and an explanation
+    without an explainer with 501, and registers its 501 handler when the server starts, after ours: so
+    these are refused here, as 404. The model-repository endpoints would let any caller unload the model
+    while the health checks stay green: 403.
+    """
 
-    async def versions(model_name: str, model_version: str, rest: str) -> None:
-        raise HTTPException(404, f"this server has no per-version endpoints: use /v2/models/{model_name}{rest} (version {model_version!r} not served)")
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
-    async def explain(model_name: str) -> None:
-        raise HTTPException(404, f"model {model_name!r} has no explainer: use /v1/models/{model_name}:predict")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = refuse(scope["method"], scope["path"], scope.get("query_string", b"")) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+        else:
+            await send_error(send, *refusal)
 
-    router.add_api_route("/v2/repository/models/{model_name}/{action}", repository, methods=["GET", "POST"])
-    router.add_api_route("/v2/models/{model_name}/versions/{model_version}{rest:path}", versions, methods=["GET", "POST"])
-    router.add_api_route("/v1/models/{model_name}:explain", explain, methods=["POST"])
-    return router
+
+def refuse(method: str, path: str, query_string: bytes) -> tuple[int, str] | None:
+    """The status and message for a request this server does not serve, or None (other methods on these
+    paths go on to the router, which answers 405)."""
+    offered = "this server serves one unversioned model per name: /v1/models/NAME:predict and /v2/models/NAME/infer"
+    if method not in ("GET", "POST"):
+        return None
+    if path.startswith("/v2/repository/") and method == "POST":
+        return 403, "model repository operations are disabled: this server serves one verified model version"
+    if path.startswith("/v2/models/") and ("/versions/" in path or "model_version" in parse_qs(query_string.decode("latin-1"))):
+        return 404, f"expected a request without a model version (/versions/V or ?model_version=V), found one for {path}: {offered}"
+    if path.startswith("/v1/models/") and path.endswith(":explain") and method == "POST":
+        return 404, f"expected a predict request, found an explain request (there is no explainer): {offered}"
+    return None
 
 
 # -- the binary tensor extension --------------------------------------------------------------------------------
@@ -237,4 +254,4 @@ def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> None:
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
-    app.include_router(unsupported_routes())
+    app.add_middleware(NotOffered)

@@ -282,8 +282,13 @@ def test_unknown_model_is_404(predictor):
 
 def test_endpoints_it_does_not_offer_are_4xx_and_the_model_stays_ready(predictor):
     assert requests.post(f"{predictor}/v2/repository/models/{MODEL}/unload", timeout=30).status_code == 403
-    assert requests.get(f"{predictor}/v2/models/{MODEL}/versions/1/ready", timeout=30).status_code == 404
-    assert post(predictor, f"/v1/models/{MODEL}:explain", v1([GOOD])).status_code == 404
+    for response in (
+        requests.get(f"{predictor}/v2/models/{MODEL}/versions/1/ready", timeout=30),
+        requests.get(f"{predictor}/v2/models/{MODEL}?model_version=1", timeout=30),
+        post(predictor, f"/v2/models/{MODEL}/infer?model_version=1", v2([1, 1, 28, 28], [0.0] * 784)),
+        post(predictor, f"/v1/models/{MODEL}:explain", v1([GOOD])),
+    ):
+        assert response.status_code == 404 and "this server serves one unversioned model per name" in response.json()["error"]
     unknown_path = requests.get(f"{predictor}/v3/anything", timeout=30)
     assert unknown_path.status_code == 404 and unknown_path.json() == {"error": "Not Found"}
     assert requests.get(f"{predictor}/v2/models/{MODEL}/ready", timeout=30).status_code == 200
