@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests share one forward pass, computed off the event loop.
 
 A forward pass on a batch of 32 costs little more than on one image, so under concurrency the
-server is faster when it waits a few milliseconds and runs requests together. :class:`Batcher`
-queues each request's images, closes a batch when it holds ``max_batch_size`` images or when its
-oldest request has waited ``max_wait_ms``, runs the forward pass on a single worker thread (the
-event loop keeps accepting and decoding requests meanwhile), and hands every request its own rows.
-With batching off, each request is one forward pass on the same worker thread.
+server is faster when it runs requests together. :class:`Batcher` queues each request's images and
+closes a batch when it holds ``max_batch_size`` images, or when no other request is on its way (being
+decoded, see :meth:`Batcher.arriving`), or when its oldest request has waited ``max_wait_ms``. So a
+lone request never waits, and requests that arrive while a forward pass runs make up the next batch.
+The forward pass runs on a single worker thread (the event loop keeps accepting and decoding requests
+meanwhile), and every request gets its own rows. With batching off, each request is one forward pass
+on the same worker thread.
 
 Each forward pass's size goes to the Prometheus histogram ``inference_batch_size``, which KServe
 serves on ``/metrics`` next to its own request latencies.
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +66,16 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._held: _Pending | None = None
+        self._arriving = 0
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap a request's decoding: while any request is inside, a batch waits for it (up to ``max_wait_ms``)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     async def run(self, images: np.ndarray) -> np.ndarray:
         """The forward pass's rows for ``images``, computed alone or together with other requests."""
@@ -139,7 +152,7 @@ class Batcher:
     async def _next_before(self, timeout_s: float) -> _Pending | None:
         if not self._queue.empty():
             return self._queue.get_nowait()
-        if timeout_s <= 0:
+        if timeout_s <= 0 or self._arriving == 0:  # nothing on its way: waiting would only add latency
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout_s)

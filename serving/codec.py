@@ -118,6 +118,12 @@ def decode_v1(payload: Any, spec: ServingSpec) -> Batch:
     return Batch(np.stack(images), top_k)
 
 
+def has_encoded_images(payload: Any) -> bool:
+    """Whether a v1 body carries ``{"b64": ...}`` instances (decoding those is real work)."""
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    return isinstance(instances, list) and any(isinstance(i, dict) for i in instances)
+
+
 def parse_json(body: bytes) -> Any:
     """A body KServe left unparsed because of its content type (``curl -d`` sends form encoding)."""
     try:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from components.predict import predict_proba
 from components.registry import materialize
 from serving.batching import Batcher, BatchingOptions
 from serving.codec import (
+    BYTES_INPUT,
     Batch,
     ServingSpec,
     Tensor,
@@ -34,6 +36,7 @@ from serving.codec import (
     decode_v2,
     encode_v1,
     encode_v2,
+    has_encoded_images,
     input_types,
     output_types,
 )
@@ -88,15 +91,21 @@ class ImageClassifier(Model):
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         if isinstance(payload, InferRequest):
             return await self._infer_v2(payload)
-        # Decoding images (PIL) can take milliseconds: keep it off the event loop too.
-        batch = await asyncio.to_thread(decode_v1, payload, self.spec)
+        batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
         probs = await self.batcher.run(batch.pixels)
         return encode_v1(probs, self.spec, batch.top_k)
+
+    async def _decode(self, decode: Callable[..., Batch], images: bool, *args: Any) -> Batch:
+        """Pixel lists decode in microseconds: on the event loop. Image files take milliseconds of PIL work,
+        which releases the GIL: on a thread, so the loop keeps serving meanwhile. Meanwhile the batcher knows
+        this request is on its way."""
+        with self.batcher.arriving():
+            return await asyncio.to_thread(decode, *args) if images else decode(*args)
 
     async def _infer_v2(self, request: InferRequest) -> InferResponse:
         tensors = [Tensor(t.name, t.datatype, list(t.shape), _tensor_data(t)) for t in request.inputs]
         parameters = to_http_parameters(request.parameters) if request.from_grpc and request.parameters else request.parameters
-        batch: Batch = await asyncio.to_thread(decode_v2, tensors, parameters, self.spec)
+        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
         check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
         probs = await self.batcher.run(batch.pixels)
         return InferResponse(

@@ -42,7 +42,8 @@ class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 before the app reads them.
 
     A declared ``Content-Length`` is checked up front; a chunked body is counted as it arrives. The body
-    is then handed to the app whole (KServe reads it whole anyway).
+    is then handed to the app whole (KServe reads it whole anyway). Not FastAPI's own ``max_body_size``:
+    for a declared oversize body it replaces every response, ours included, with a plain-text 413.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int):

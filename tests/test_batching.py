@@ -157,3 +157,35 @@ def test_concurrent_http_requests_are_batched_and_get_the_unbatched_answers(pred
     passes, served = server_batches(predictor)
     assert served - images_before == len(images)
     assert passes - passes_before < len(images)  # fewer forward passes than requests: some were coalesced
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    recorder = Recorder()
+    batcher = Batcher(recorder, BatchingOptions(True, max_batch_size=8, max_wait_ms=60_000), "unit-lone")
+
+    async def main():
+        try:
+            # With a minute's max wait, this finishes in time only because nothing else is on its way.
+            return await asyncio.wait_for(batcher.run(requests_of([1])[0]), timeout=30)
+        finally:
+            batcher.close()
+
+    assert asyncio.run(main()).shape == (1, 1) and recorder.sizes == [1]
+
+
+def test_a_batch_waits_for_a_request_that_is_still_being_decoded():
+    recorder = Recorder()
+    batcher = Batcher(recorder, BatchingOptions(True, max_batch_size=8, max_wait_ms=60_000), "unit-arriving")
+    first, second = requests_of([1, 1])
+
+    async def main():
+        with batcher.arriving():  # the second request is being decoded
+            pending = asyncio.ensure_future(batcher.run(first))
+            await asyncio.sleep(0.05)  # long enough for the batcher to have run `first` alone, had it not waited
+            assert not pending.done()
+            later = asyncio.ensure_future(batcher.run(second))
+        await asyncio.gather(pending, later)
+        batcher.close()
+
+    asyncio.run(main())
+    assert recorder.sizes == [2]
