@@ -232,15 +232,19 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
     for (name, batching, c), r in results.items():
         lines.append(f"| {name} | {'on' if batching else 'off'} | {c} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | "
                      f"{r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
-    lines += [verdict(kind.name, results, args.concurrency[-1], limit_max) for kind in kinds]
+    lines += [verdict(model, kind.name, results, args.concurrency[-1], limit_max) for kind in kinds]
     return lines
 
 
-def verdict(name: str, results: dict, c: int, limit_max: float) -> str:
+def verdict(model: Model, name: str, results: dict, c: int, limit_max: float) -> str:
+    """The issue's targets: the small CNN on CPU (speed-up, p99, errors); ResNet-18 on a GPU (served/limit)."""
     on, off = results[name, True, c], results[name, False, c]
     speedup = on["rps"] / off["rps"] if off["rps"] else float("inf")
+    served = on["rps"] / limit_max
+    if model.arch != SMALL.arch:
+        return f"{name}, concurrency {c}: served/limit(max) on = {served:.2f} (target >= 0.70 on a GPU), errors on/off = {on['errors']}/{off['errors']}"
     return (f"{name}, concurrency {c}: batching on/off = {speedup:.2f}x (target >= 2x), p99 on = {on['p99']:.1f} ms (target < 100 ms), "
-            f"errors on/off = {on['errors']}/{off['errors']} (target 0), served/limit(max) on = {on['rps'] / limit_max:.2f}")
+            f"errors on/off = {on['errors']}/{off['errors']} (target 0), served/limit(max) on = {served:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:

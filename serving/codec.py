@@ -308,18 +308,25 @@ def encode_v1(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> dict[s
 
 def encode_v2(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[InferOutput]:
     """The v2 outputs: ``probabilities``, ``class`` and ``label``, plus ``top_k_*`` when asked for."""
-    n = len(probs)
     classes = probs.argmax(axis=1).astype(np.int64)
     outputs = [
-        InferOutput("probabilities", [n, spec.num_classes], FP32, probs.astype(np.float32)),
-        InferOutput("class", [n], INT64, classes),
-        InferOutput("label", [n], BYTES, np.array([spec.class_names[c] for c in classes], dtype=object)),
+        _output("probabilities", probs.astype(np.float32), FP32),
+        _output("class", classes, INT64),
+        _output("label", np.array([spec.class_names[c] for c in classes], dtype=object), BYTES),
     ]
     if top_k is not None:
         top = np.stack([_top_indices(row, top_k) for row in probs]).astype(np.int64)
-        outputs.append(InferOutput("top_k_classes", [n, top_k], INT64, top))
-        outputs.append(InferOutput("top_k_probabilities", [n, top_k], FP32, np.take_along_axis(probs, top, axis=1).astype(np.float32)))
+        outputs.append(_output("top_k_classes", top, INT64))
+        outputs.append(_output("top_k_probabilities", np.take_along_axis(probs, top, axis=1).astype(np.float32), FP32))
     return outputs
+
+
+def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
+    # Data as a list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
+    # (binary) inputs; REST, JSON or binary, takes either.
+    output = InferOutput(name, list(array.shape), datatype)
+    output.set_data_from_numpy(array, binary_data=False)
+    return output
 
 
 def output_types(spec: ServingSpec) -> list[dict[str, Any]]:

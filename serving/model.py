@@ -104,7 +104,8 @@ class ImageClassifier(Model):
 
     async def _infer_v2(self, request: InferRequest) -> InferResponse:
         tensors = [Tensor(t.name, t.datatype, list(t.shape), _tensor_data(t)) for t in request.inputs]
-        parameters = to_http_parameters(request.parameters) if request.from_grpc and request.parameters else request.parameters
+        # gRPC parameters arrive as a protobuf map (empty when none were sent).
+        parameters = to_http_parameters(request.parameters) if request.from_grpc else request.parameters
         batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
         check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
         probs = await self.batcher.run(batch.pixels)
@@ -119,7 +120,7 @@ class ImageClassifier(Model):
 
 def _tensor_data(tensor: InferInput) -> Any:
     """The tensor's values as sent: JSON or binary (REST, already split by serving.protocol), or the raw
-    contents of a gRPC request, which KServe keeps only in a private field."""
-    if tensor.data is not None or tensor._raw_data is None:
+    contents of a gRPC request, which KServe keeps only in a private field (``data`` is then empty)."""
+    if tensor._raw_data is None:
         return tensor.data
     return binary_values(tensor._raw_data, tensor.datatype, tensor.name)

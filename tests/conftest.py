@@ -86,10 +86,22 @@ def served_version(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def predictor(served_version) -> str:
+def predictor_ports() -> tuple[int, int]:
+    """(HTTP, gRPC) ports of the shared predictor."""
+    return free_port(), free_port()
+
+
+@pytest.fixture(scope="session")
+def predictor_grpc(predictor, predictor_ports) -> str:
+    """host:port of the shared predictor's gRPC (Open Inference Protocol) endpoint."""
+    return f"127.0.0.1:{predictor_ports[1]}"
+
+
+@pytest.fixture(scope="session")
+def predictor(served_version, predictor_ports) -> str:
     """The base URL of one predictor process shared by the serving tests; stopped at the end."""
-    port, log = free_port(), served_version.parent / "server.log"
-    proc = start_predictor(str(served_version), port, *SERVER_OPTIONS, log=log)
+    (port, grpc_port), log = predictor_ports, served_version.parent / "server.log"
+    proc = start_predictor(str(served_version), port, *SERVER_OPTIONS, "--enable_grpc", "true", "--grpc-port", str(grpc_port), log=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, log)

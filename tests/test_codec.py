@@ -267,7 +267,7 @@ def test_a_binary_body_keeps_raw_image_bytes_and_fp32_values():
 @given(probs=arrays(np.float32, st.tuples(st.integers(1, 4), st.just(3)), elements=st.floats(0, 1, width=32)), top_k=st.none() | st.integers(1, 3))
 def test_v1_and_v2_responses_name_the_same_classes(probs, top_k):
     v1 = encode_v1(probs, GRAY, top_k)["predictions"]
-    v2 = {o.name: o.data for o in encode_v2(probs, GRAY, top_k)}
+    v2 = {o.name: o.as_numpy() for o in encode_v2(probs, GRAY, top_k)}
     assert [p["class"] for p in v1] == list(v2["class"]) == list(probs.argmax(1))
     assert [p["label"] for p in v1] == list(v2["label"])
     if top_k is not None:

@@ -12,11 +12,12 @@ import json
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import orjson
 import pytest
 import requests
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from PIL import Image
 
 from components.modelfile import METRICS_FILE, WEIGHTS_FILE
@@ -127,6 +128,28 @@ def test_kserve_inference_rest_client_interoperates(predictor):
     response = asyncio.run(call("image_bytes", "BYTES", np.array(png, dtype=object), True))
     np.testing.assert_allclose(response.get_output_by_name("probabilities").as_numpy(), expected, atol=1e-6)
     assert list(response.get_output_by_name("label").as_numpy()) == [str(c) for c in expected.argmax(1)]
+
+
+def test_kserve_inference_grpc_client_interoperates(predictor, predictor_grpc):
+    """The same over gRPC (on by default in KServe): raw tensors, BYTES, top_k, and bad input as INVALID_ARGUMENT."""
+    batch = pixels(2, seed=6)
+    png = np.array([encode(Image.fromarray(p[0].astype(np.uint8))) for p in batch], dtype=object)
+    expected = v2_probabilities(infer_v2(predictor, MODEL, batch))
+
+    async def call(name, datatype, array, parameters=None):
+        client = InferenceGRPCClient(predictor_grpc)
+        tensor = InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=True)
+        try:
+            return await client.infer(InferRequest(MODEL, [tensor], parameters=parameters))
+        finally:
+            await client.close()
+
+    for response in (asyncio.run(call("images", "FP32", batch, {"top_k": 2})), asyncio.run(call("image_bytes", "BYTES", png))):
+        np.testing.assert_allclose(response.get_output_by_name("probabilities").as_numpy(), expected, atol=1e-6)
+    with pytest.raises(grpc.RpcError) as rejected:
+        asyncio.run(call("images", "FP32", np.full((1, 1, 28, 28), np.nan, dtype=np.float32)))
+    assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected finite pixel values" in rejected.value.details()
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
