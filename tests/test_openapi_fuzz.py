@@ -28,6 +28,7 @@ def test_no_request_schemathesis_generates_gets_a_server_error(predictor, tmp_pa
     config.write_text(f'[parameters]\n"path.model_name" = "{SERVED_MODEL}"\n')
     command = [SCHEMATHESIS, "--config-file", str(config), "run", f"{predictor}/openapi.json", "--checks", "not_a_server_error",
                "--max-time", str(FUZZ_SECONDS), "--workers", "1", "--request-timeout", "20"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    # cwd: schemathesis keeps a .schemathesis/ cache in its working directory; not in the repository.
+    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout
