@@ -1,12 +1,15 @@
-"""A REST client for the predictor: ``python -m serving.client --url URL [--protocol v1|v2] IMAGE…``.
+"""A REST client for the predictor: ``python -m serving.client --url URL [--protocol v1|v2] [--token TOKEN] IMAGE…``.
 
-IMAGE is a PNG/JPEG file (converted to the model's input with the project's own preprocessing), or
-``.npy`` pixels. The functions are what the deploy step's smoke request uses too.
+IMAGE is a PNG/JPEG file, sent as it is (v1 ``{"b64": ...}``, v2 a BYTES tensor ``image_bytes``): the
+server converts it with the same preprocessing training used. A ``.npy`` file holds pixel values
+(0–255) and is sent as numbers (v1 nested lists, v2 an FP32 tensor ``images``). The functions are
+what the deploy step's smoke request uses too.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -14,11 +17,9 @@ from typing import Any
 
 import numpy as np
 import requests
-from PIL import Image
-
-from components.preprocessing import image_to_array
 
 TIMEOUT_S = 30
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -30,7 +31,7 @@ def _headers(token: str | None) -> dict[str, str]:
 
 def model_metadata(url: str, model: str, token: str | None = None) -> dict[str, Any]:
     response = requests.get(f"{url.rstrip('/')}/v2/models/{model}", headers=_headers(token), timeout=TIMEOUT_S)
-    response.raise_for_status()
+    _raise_with_body(response)
     return response.json()
 
 
@@ -41,26 +42,52 @@ def is_ready(url: str, model: str) -> bool:
         return False
 
 
-def predict_v1(url: str, model: str, pixels: np.ndarray, token: str | None = None) -> list[dict[str, Any]]:
+def predict_v1(url: str, model: str, pixels: np.ndarray, token: str | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
     """POST ``[N,C,H,W]`` pixels to ``/v1/models/MODEL:predict``; return the predictions."""
-    body = {"instances": pixels.tolist()}
+    return _post_v1(url, model, pixels.tolist(), token, top_k)
+
+
+def predict_v1_images(url: str, model: str, images: list[bytes], token: str | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
+    """POST encoded PNG/JPEG files as ``{"b64": ...}`` instances; return the predictions."""
+    return _post_v1(url, model, [{"b64": base64.b64encode(i).decode("ascii")} for i in images], token, top_k)
+
+
+def infer_v2(url: str, model: str, pixels: np.ndarray, token: str | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """POST ``[N,C,H,W]`` pixels as the FP32 tensor ``images``; return the response."""
+    tensor = {"name": "images", "shape": list(pixels.shape), "datatype": "FP32", "data": pixels.astype(np.float32).ravel().tolist()}
+    return _post_v2(url, model, tensor, token, top_k)
+
+
+def infer_v2_images(url: str, model: str, images: list[bytes], token: str | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """POST encoded PNG/JPEG files as the BYTES tensor ``image_bytes`` (base64 text, as JSON requires)."""
+    tensor = {"name": "image_bytes", "shape": [len(images)], "datatype": "BYTES", "data": [base64.b64encode(i).decode("ascii") for i in images]}
+    return _post_v2(url, model, tensor, token, top_k)
+
+
+def v2_output(response: dict[str, Any], name: str) -> list[Any]:
+    return next(o["data"] for o in response["outputs"] if o["name"] == name)
+
+
+def v2_classes(response: dict[str, Any]) -> list[int]:
+    return v2_output(response, "class")
+
+
+def _post_v1(url: str, model: str, instances: list[Any], token: str | None, top_k: int | None) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"instances": instances}
+    if top_k is not None:
+        body["parameters"] = {"top_k": top_k}
     response = requests.post(f"{url.rstrip('/')}/v1/models/{model}:predict", json=body, headers=_headers(token), timeout=TIMEOUT_S)
     _raise_with_body(response)
     return response.json()["predictions"]
 
 
-def infer_v2(url: str, model: str, pixels: np.ndarray, token: str | None = None) -> dict[str, Any]:
-    """POST ``[N,C,H,W]`` pixels as an FP32 tensor to ``/v2/models/MODEL/infer``; return the response."""
-    body = {
-        "inputs": [{"name": "images", "shape": list(pixels.shape), "datatype": "FP32", "data": pixels.astype(np.float32).ravel().tolist()}]
-    }
+def _post_v2(url: str, model: str, tensor: dict[str, Any], token: str | None, top_k: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": [tensor]}
+    if top_k is not None:
+        body["parameters"] = {"top_k": top_k}
     response = requests.post(f"{url.rstrip('/')}/v2/models/{model}/infer", json=body, headers=_headers(token), timeout=TIMEOUT_S)
     _raise_with_body(response)
     return response.json()
-
-
-def v2_classes(response: dict[str, Any]) -> list[int]:
-    return next(o["data"] for o in response["outputs"] if o["name"] == "class")
 
 
 def _raise_with_body(response: requests.Response) -> None:
@@ -69,12 +96,35 @@ def _raise_with_body(response: requests.Response) -> None:
 
 
 def load_pixels(path: Path, input_shape: list[int]) -> np.ndarray:
-    """Read an image file or ``.npy`` array as ``uint8 [C,H,W]`` shaped for the model."""
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False).reshape(input_shape)
-    channels, height, width = input_shape
-    with Image.open(path) as image:
-        return image_to_array(image, channels, (height, width))
+    """Read a ``.npy`` array of pixel values shaped for the model (``[C,H,W]``)."""
+    return np.load(path, allow_pickle=False).reshape(input_shape)
+
+
+def summarize_v2(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per image, like the v1 predictions: class, label, its probability (and the top k)."""
+    classes, labels = v2_output(response, "class"), v2_output(response, "label")
+    probs = np.asarray(v2_output(response, "probabilities"), dtype=np.float64).reshape(len(classes), -1)
+    summary = [{"class": c, "label": label, "probability": round(float(p[c]), 6)} for c, label, p in zip(classes, labels, probs)]
+    if any(o["name"] == "top_k_classes" for o in response["outputs"]):
+        top = np.asarray(v2_output(response, "top_k_classes")).reshape(len(classes), -1)
+        for row, item, p in zip(top, summary, probs):
+            item["top_k"] = [{"class": int(c), "probability": round(float(p[c]), 6)} for c in row]
+    return summary
+
+
+def predict_files(url: str, model: str, paths: list[Path], protocol: str, token: str | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
+    """Predictions for image or ``.npy`` files, one dict per file (with its path)."""
+    images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images and len(images) != len(paths):
+        raise ValueError("send either image files or .npy files in one call, not both (a v2 request carries one tensor)")
+    if images:
+        encoded = [p.read_bytes() for p in images]
+        results = predict_v1_images(url, model, encoded, token, top_k) if protocol == "v1" else summarize_v2(infer_v2_images(url, model, encoded, token, top_k))
+    else:
+        shape = [int(d) for d in model_metadata(url, model, token)["inputs"][0]["shape"][1:]]
+        pixels = np.stack([load_pixels(p, shape) for p in paths])
+        results = predict_v1(url, model, pixels, token, top_k) if protocol == "v1" else summarize_v2(infer_v2(url, model, pixels, token, top_k))
+    return [{"file": str(p), **r} for p, r in zip(paths, results)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,15 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="classifier", help="model name")
     parser.add_argument("--protocol", choices=("v1", "v2"), default="v1")
     parser.add_argument("--token", help="bearer token (e.g. for an Istio-protected endpoint)")
+    parser.add_argument("--top-k", type=int, help="also return the k most likely classes")
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
-        shape = [int(d) for d in model_metadata(args.url, args.model, args.token)["inputs"][0]["shape"][1:]]
-        pixels = np.stack([load_pixels(p, shape) for p in args.images])
-        result = predict_v1(args.url, args.model, pixels, args.token) if args.protocol == "v1" else infer_v2(args.url, args.model, pixels, args.token)
+        results = predict_files(args.url, args.model, args.images, args.protocol, args.token, args.top_k)
     except (requests.RequestException, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    print(json.dumps(result, indent=2))
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

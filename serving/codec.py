@@ -1,70 +1,242 @@
-"""Request decoding and validation: every way a request can be wrong becomes :class:`InvalidInput`.
+"""Request decoding, validation and response encoding: pure functions, no server and no model.
 
-Both protocols carry pixel values on the 0–255 scale, shaped like the model's input
-(``model.json``): v1 ``{"instances": [...]}`` with one ``H×W`` or ``C×H×W`` nested list per image,
-v2 one FP32 tensor ``[N, C, H, W]``. Decoding yields ``float32 [N,C,H,W]`` pixels; normalization is
-applied later by the same code training used. Pure functions: no server, no model.
+Every way a request can be wrong becomes :class:`InvalidInput` (HTTP 400) with a message that says
+what was expected and what was found. Every accepted request becomes ``float32 [N,C,H,W]`` pixels on
+the 0–255 scale, shaped like the model's input; normalization happens later, in the same code
+training used (:func:`components.predict.predict_proba`).
+
+Accepted inputs:
+
+- v1 ``{"instances": [...], "parameters": {"top_k": K}}``; each instance is pixel values (``H×W``
+  for grayscale models, or ``C×H×W``) or ``{"b64": "<base64 PNG or JPEG>"}``;
+- v2 exactly one input tensor: ``images`` (FP32 ``[N,C,H,W]``) or ``image_bytes`` (BYTES ``[N]``, each
+  element a PNG/JPEG: raw bytes over the binary tensor extension, base64 text in JSON).
+
+Encoded images of any size and mode are converted by :func:`components.preprocessing.image_to_array`,
+the function data preparation uses for training images.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
+from kserve import InferOutput
 from kserve.errors import InvalidInput
+from PIL import Image
 
 from components.modelfile import ModelCard
+from components.preprocessing import image_to_array
 
-V2_INPUT_NAME = "images"
-V2_DATATYPE = "FP32"
+PIXELS_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+FP32 = "FP32"
+BYTES = "BYTES"
+INT64 = "INT64"
+OUTPUTS = ("probabilities", "class", "label")
+TOP_K_OUTPUTS = ("top_k_classes", "top_k_probabilities")
+IMAGE_FORMATS = ("PNG", "JPEG")
+# Far above any real photo, far below what would exhaust memory when a small PNG inflates.
+MAX_IMAGE_PIXELS = 50_000_000
+V1_FIELDS = ("instances", "parameters")
+# top_k is ours; binary_data_output is the binary tensor extension's, honoured by KServe's encoder.
+KNOWN_PARAMETERS = ("top_k", "binary_data_output")
+# What PIL raises for bytes that are not a decodable image (it has no single error type).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-def decode_v1(payload: Any, card: ModelCard, max_batch: int) -> np.ndarray:
-    """Validate a v1 body (already parsed JSON) and return ``float32 [N,C,H,W]`` pixels."""
+@dataclass(frozen=True)
+class ServingSpec:
+    """What a request must fit: the model's input shape, its classes and the per-request limit."""
+
+    channels: int
+    height: int
+    width: int
+    class_names: tuple[str, ...]
+    max_instances: int
+
+    @classmethod
+    def from_card(cls, card: ModelCard, max_instances: int) -> ServingSpec:
+        return cls(card.in_channels, card.height, card.width, tuple(card.class_names), max_instances)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.channels, self.height, self.width]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A decoded request: pixels ``float32 [N,C,H,W]`` in 0–255, and the top-k option."""
+
+    pixels: np.ndarray
+    top_k: int | None
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One v2 input tensor, as it arrived: ``data`` is JSON (nested lists) or a flat array from binary."""
+
+    name: str
+    datatype: str
+    shape: list[Any]
+    data: Any
+
+
+# -- v1 ----------------------------------------------------------------------------------------------
+
+
+def decode_v1(payload: Any, spec: ServingSpec) -> Batch:
+    """Validate a v1 body (parsed JSON, or bytes when it came without a JSON content type) and
+    return its pixels and options."""
+    if isinstance(payload, bytes | bytearray):
+        payload = parse_json(bytes(payload))
     if not isinstance(payload, dict) or "instances" not in payload:
-        found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        found = f"fields {sorted(payload)}" if isinstance(payload, dict) else _kind(payload)
         raise InvalidInput(f'expected a JSON object with an "instances" list, found {found}')
+    unknown = sorted(set(payload) - set(V1_FIELDS))
+    if unknown:
+        raise InvalidInput(f"expected only the fields {list(V1_FIELDS)}, found unknown field(s) {unknown}")
     instances = payload["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput(f'expected "instances" to be a non-empty list, found {_describe(instances)}')
-    _check_batch(len(instances), max_batch)
-    images = [_instance_pixels(i, instance, card) for i, instance in enumerate(instances)]
-    return np.stack(images)
+    if not isinstance(instances, list):
+        raise InvalidInput(f'expected "instances" to be a list, found {_kind(instances)}')
+    check_count(len(instances), spec)
+    top_k = parse_parameters(payload.get("parameters"), spec)
+    images = [decode_instance(instance, spec, f"instance {i}") for i, instance in enumerate(instances)]
+    return Batch(np.stack(images), top_k)
 
 
-def _instance_pixels(index: int, instance: Any, card: ModelCard) -> np.ndarray:
+def has_encoded_images(payload: Any) -> bool:
+    """Whether a v1 body carries ``{"b64": ...}`` instances (decoding those is real work)."""
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    return isinstance(instances, list) and any(isinstance(i, dict) for i in instances)
+
+
+def parse_json(body: bytes) -> Any:
+    """A body KServe left unparsed because of its content type (``curl -d`` sends form encoding)."""
     try:
-        array = np.asarray(instance, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInput(f"instance {index}: expected a nested list of numbers shaped {_shape_text(card)}, found ragged or non-numeric data") from None
-    if array.ndim == 2 and card.in_channels == 1:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"expected a JSON body, found invalid JSON ({exc})") from None
+
+
+def decode_instance(instance: Any, spec: ServingSpec, where: str) -> np.ndarray:
+    """One v1 instance (pixel values or ``{"b64": ...}``) as ``float32 [C,H,W]``."""
+    if isinstance(instance, dict):
+        if set(instance) != {"b64"}:
+            raise InvalidInput(f'{where}: expected {{"b64": "<base64 PNG or JPEG>"}} or pixel values, found an object with fields {sorted(instance)}')
+        return decode_base64_image(instance["b64"], spec, where)
+    array = _numeric_array(instance, where, f"a nested list of numbers shaped {_instance_shape_text(spec)}")
+    if array.ndim == 2 and spec.channels == 1:
         array = array[None]
-    if list(array.shape) != card.input_shape:
-        raise InvalidInput(f"instance {index}: expected shape {_shape_text(card)}, found {list(array.shape)}")
-    check_pixels(array, f"instance {index}")
-    return array
+    if list(array.shape) != spec.input_shape:
+        raise InvalidInput(f"{where}: expected shape {_instance_shape_text(spec)}, found {list(array.shape)}")
+    check_pixels(array, where)
+    return array.astype(np.float32)
 
 
-def check_v2_header(name: str, datatype: str, shape: list[int], card: ModelCard, max_batch: int) -> None:
-    """Check a v2 input's name, datatype and shape before its data is read."""
-    expected_shape = f"[N, {', '.join(map(str, card.input_shape))}]"
-    if name != V2_INPUT_NAME:
-        raise InvalidInput(f'expected an input named "{V2_INPUT_NAME}", found "{name}"')
-    if datatype != V2_DATATYPE:
-        raise InvalidInput(f"expected datatype {V2_DATATYPE}, found {datatype}")
-    if len(shape) != 4 or list(shape[1:]) != card.input_shape:
-        raise InvalidInput(f"expected shape {expected_shape}, found {list(shape)}")
-    _check_batch(shape[0], max_batch)
+# -- v2 ----------------------------------------------------------------------------------------------
 
 
-def decode_v2_data(shape: list[int], data: np.ndarray) -> np.ndarray:
-    """Validate a v2 tensor's values (header already checked); return ``float32 [N,C,H,W]`` pixels."""
-    array = data.astype(np.float32, copy=False).reshape(shape)
+def decode_v2(inputs: Sequence[Tensor], parameters: Any, spec: ServingSpec) -> Batch:
+    """Validate a v2 request's inputs and parameters and return its pixels and options."""
+    if len(inputs) != 1:
+        raise InvalidInput(f'expected exactly one input tensor, "{PIXELS_INPUT}" ({FP32}) or "{BYTES_INPUT}" ({BYTES}), found {len(inputs)}')
+    tensor = inputs[0]
+    top_k = parse_parameters(parameters, spec)
+    if tensor.name == PIXELS_INPUT:
+        return Batch(decode_pixel_tensor(tensor, spec), top_k)
+    if tensor.name == BYTES_INPUT:
+        return Batch(decode_bytes_tensor(tensor, spec), top_k)
+    raise InvalidInput(f'expected an input named "{PIXELS_INPUT}" ({FP32}) or "{BYTES_INPUT}" ({BYTES}), found "{tensor.name}"')
+
+
+def decode_pixel_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
+    """An FP32 ``[N,C,H,W]`` tensor of pixel values, checked before and after its data is read."""
+    expected = f"[N, {', '.join(map(str, spec.input_shape))}]"
+    if tensor.datatype != FP32:
+        raise InvalidInput(f'expected datatype {FP32} for "{PIXELS_INPUT}", found {tensor.datatype}')
+    shape = _shape(tensor.shape)
+    if len(shape) != 4 or shape[1:] != spec.input_shape:
+        raise InvalidInput(f'expected "{PIXELS_INPUT}" shaped {expected}, found {tensor.shape}')
+    check_count(shape[0], spec)
+    array = _numeric_array(tensor.data, "input", f"{FP32} numbers")
+    if array.size != math.prod(shape):
+        raise InvalidInput(f"expected {math.prod(shape)} {FP32} values for shape {shape}, found {array.size}")
+    array = array.reshape(shape)
     check_pixels(array, "input")
-    return array
+    return array.astype(np.float32, copy=False)
+
+
+def decode_bytes_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
+    """A BYTES ``[N]`` (or ``[N,1]``) tensor of encoded images, each decoded like a v1 ``b64`` instance."""
+    if tensor.datatype != BYTES:
+        raise InvalidInput(f'expected datatype {BYTES} for "{BYTES_INPUT}", found {tensor.datatype}')
+    shape = _shape(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise InvalidInput(f'expected "{BYTES_INPUT}" shaped [N] or [N, 1], found {tensor.shape}')
+    check_count(shape[0], spec)
+    elements = _flatten(tensor.data)
+    if len(elements) != shape[0]:
+        raise InvalidInput(f"expected {shape[0]} encoded images for shape {shape}, found {len(elements)}")
+    return np.stack([_decode_element(e, spec, f"image {i}") for i, e in enumerate(elements)])
+
+
+def _decode_element(element: Any, spec: ServingSpec, where: str) -> np.ndarray:
+    # Binary tensor data carries raw image bytes; JSON can only carry text, so images arrive base64-encoded.
+    if isinstance(element, bytes | bytearray):
+        return decode_image(bytes(element), spec, where)
+    return decode_base64_image(element, spec, where)
+
+
+# -- images, pixels, parameters --------------------------------------------------------------------------
+
+
+def decode_base64_image(text: Any, spec: ServingSpec, where: str) -> np.ndarray:
+    """Base64 text of a PNG/JPEG file as ``float32 [C,H,W]`` pixels."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where}: expected a base64 string of a PNG or JPEG file, found {_kind(text)}")
+    try:
+        encoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where}: expected base64 text of a PNG or JPEG file, found characters or padding that are not base64") from None
+    return decode_image(encoded, spec, where)
+
+
+def decode_image(encoded: bytes, spec: ServingSpec, where: str) -> np.ndarray:
+    """PNG/JPEG bytes of any size and mode as ``float32 [C,H,W]``, converted like training images."""
+    if not encoded:
+        raise InvalidInput(f"{where}: expected a PNG or JPEG image, found 0 bytes")
+    try:
+        image = Image.open(io.BytesIO(encoded), formats=IMAGE_FORMATS)
+    except _IMAGE_ERRORS:
+        raise InvalidInput(f"{where}: expected a PNG or JPEG image, found {len(encoded)} bytes that do not decode as either (starting {encoded[:8]!r})") from None
+    with image:
+        # Image.open has read only the header: refuse oversized images before decoding their pixels.
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InvalidInput(f"{where}: expected at most {MAX_IMAGE_PIXELS} pixels, found a {image.width}x{image.height} image")
+        try:
+            image.load()
+            array = image_to_array(image, spec.channels, (spec.height, spec.width))
+        except _IMAGE_ERRORS as exc:
+            raise InvalidInput(f"{where}: expected a complete {image.format} image, found one that does not decode ({exc})") from None
+    return array.astype(np.float32)
 
 
 def check_pixels(array: np.ndarray, where: str) -> None:
+    """Pixel values must be finite and on the 0–255 scale the model's normalization assumes."""
     if not np.isfinite(array).all():
         raise InvalidInput(f"{where}: expected finite pixel values, found NaN or infinity")
     low, high = float(array.min()), float(array.max())
@@ -72,19 +244,170 @@ def check_pixels(array: np.ndarray, where: str) -> None:
         raise InvalidInput(f"{where}: expected pixel values in 0–255, found values from {low:g} to {high:g}")
 
 
-def _check_batch(count: int, max_batch: int) -> None:
+def check_count(count: int, spec: ServingSpec) -> None:
     if count < 1:
         raise InvalidInput(f"expected at least one image, found {count}")
-    if count > max_batch:
-        raise InvalidInput(f"expected at most {max_batch} images per request, found {count}")
+    if count > spec.max_instances:
+        raise InvalidInput(f"expected at most {spec.max_instances} images per request, found {count}")
 
 
-def _shape_text(card: ModelCard) -> str:
-    c, h, w = card.input_shape
+def parse_parameters(parameters: Any, spec: ServingSpec) -> int | None:
+    """Check request parameters; return ``top_k`` (``None`` when not asked for)."""
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'expected "parameters" to be an object, found {_kind(parameters)}')
+    unknown = sorted(set(parameters) - set(KNOWN_PARAMETERS))
+    if unknown:
+        raise InvalidInput(f"expected parameters among {list(KNOWN_PARAMETERS)}, found unknown parameter(s) {unknown}")
+    top_k = parameters.get("top_k")
+    if top_k is None:
+        return None
+    # bool is an int in Python; true is not a count.
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= spec.num_classes:
+        raise InvalidInput(f"expected top_k to be an integer from 1 to {spec.num_classes}, found {top_k!r}")
+    return top_k
+
+
+# -- binary tensor data ------------------------------------------------------------------------------------
+
+
+def split_bytes_elements(raw: bytes) -> list[bytes]:
+    """Split a BYTES tensor's binary data (each element: 4-byte little-endian length, then the bytes)."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidInput(f"expected a 4-byte length prefix at byte {offset} of the BYTES data, found {len(raw) - offset} bytes")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidInput(f"expected {length} bytes for BYTES element {len(elements)}, found {len(raw) - offset}")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+# -- responses -----------------------------------------------------------------------------------------------
+
+
+def encode_v1(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> dict[str, Any]:
+    """The v1 response: per image the class, its label, and all probabilities or the top k."""
+    predictions = []
+    for row in probs:
+        index = int(row.argmax())
+        prediction: dict[str, Any] = {"class": index, "label": spec.class_names[index]}
+        if top_k is None:
+            prediction["probabilities"] = [round(float(p), 6) for p in row]
+        else:
+            prediction["top_k"] = [
+                {"class": int(c), "label": spec.class_names[c], "probability": round(float(row[c]), 6)} for c in _top_indices(row, top_k)
+            ]
+        predictions.append(prediction)
+    return {"predictions": predictions}
+
+
+def encode_v2(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[InferOutput]:
+    """The v2 outputs: ``probabilities``, ``class`` and ``label``, plus ``top_k_*`` when asked for."""
+    classes = probs.argmax(axis=1).astype(np.int64)
+    outputs = [
+        _output("probabilities", probs.astype(np.float32), FP32),
+        _output("class", classes, INT64),
+        _output("label", np.array([spec.class_names[c] for c in classes], dtype=object), BYTES),
+    ]
+    if top_k is not None:
+        top = np.stack([_top_indices(row, top_k) for row in probs]).astype(np.int64)
+        outputs.append(_output("top_k_classes", top, INT64))
+        outputs.append(_output("top_k_probabilities", np.take_along_axis(probs, top, axis=1).astype(np.float32), FP32))
+    return outputs
+
+
+def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
+    # Data as a list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
+    # (binary) inputs; REST, JSON or binary, takes either.
+    output = InferOutput(name, list(array.shape), datatype)
+    output.set_data_from_numpy(array, binary_data=False)
+    return output
+
+
+def output_types(spec: ServingSpec) -> list[dict[str, Any]]:
+    """The v2 metadata for :func:`encode_v2`'s outputs (``top_k_*`` only when ``top_k`` is set)."""
+    return [
+        {"name": "probabilities", "datatype": FP32, "shape": [-1, spec.num_classes]},
+        {"name": "class", "datatype": INT64, "shape": [-1]},
+        {"name": "label", "datatype": BYTES, "shape": [-1]},
+        {"name": "top_k_classes", "datatype": INT64, "shape": [-1, -1]},
+        {"name": "top_k_probabilities", "datatype": FP32, "shape": [-1, -1]},
+    ]
+
+
+def input_types(spec: ServingSpec) -> list[dict[str, Any]]:
+    """The v2 metadata for the two accepted inputs (a request sends exactly one of them)."""
+    return [
+        {"name": PIXELS_INPUT, "datatype": FP32, "shape": [-1, *spec.input_shape]},
+        {"name": BYTES_INPUT, "datatype": BYTES, "shape": [-1]},
+    ]
+
+
+def check_requested_outputs(names: Sequence[str], top_k: int | None) -> None:
+    """A v2 request may name the outputs it wants; each must be one :func:`encode_v2` produces."""
+    available = [*OUTPUTS, *(TOP_K_OUTPUTS if top_k is not None else ())]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InvalidInput(f"expected requested outputs among {available}, found {unknown}")
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _top_indices(row: np.ndarray, k: int) -> np.ndarray:
+    # Stable sort: equal probabilities keep class order, so the answer never depends on the batch.
+    return np.argsort(-row, kind="stable")[:k]
+
+
+def _numeric_array(data: Any, where: str, expected: str) -> np.ndarray:
+    """``data`` as a numeric array, refusing what numpy would silently convert (numeric strings, booleans).
+
+    Not yet float32: range checks run on the values as sent, so 1e300 is reported as out of range.
+    """
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise InvalidInput(f"{where}: expected {expected}, found ragged or non-numeric data") from None
+    if array.dtype.kind not in "iuf" or array.size == 0:
+        found = "no values" if array.size == 0 else f"{_dtype_text(array)} values"
+        raise InvalidInput(f"{where}: expected {expected}, found {found}")
+    return array
+
+
+def _shape(shape: Any) -> list[int]:
+    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"expected a shape of non-negative integers, found {shape!r}")
+    return [int(d) for d in shape]
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return list(data.ravel())
+    if not isinstance(data, list):
+        raise InvalidInput(f"expected a list of encoded images, found {_kind(data)}")
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat
+
+
+def _instance_shape_text(spec: ServingSpec) -> str:
+    c, h, w = spec.input_shape
     return f"[{h}, {w}] or [{c}, {h}, {w}]" if c == 1 else f"[{c}, {h}, {w}]"
 
 
-def _describe(value: Any) -> str:
+def _dtype_text(array: np.ndarray) -> str:
+    return {"b": "boolean", "U": "string", "S": "string", "O": "mixed or non-numeric", "c": "complex"}.get(array.dtype.kind, str(array.dtype))
+
+
+def _kind(value: Any) -> str:
     if isinstance(value, list):
-        return "an empty list"
-    return type(value).__name__
+        return "an empty list" if not value else "a list"
+    if value is None:
+        return "null"
+    return {dict: "an object", str: "a string", bool: "a boolean", bytes: "a non-JSON body"}.get(type(value), type(value).__name__)

@@ -1,39 +1,61 @@
 """The KServe predictor: a ``kserve.Model`` that serves one model version.
 
 ``load()`` materialises the version (a local folder or a store URI), verifies every file's SHA-256
-against ``MANIFEST.json`` and only then sets ``ready``. ``predict()`` answers v1 with a JSON dict and
-v2 with an ``InferResponse``; bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400).
+against ``MANIFEST.json``, runs one forward pass, and only then sets ``ready``. ``predict()``
+decodes the request (:mod:`serving.codec`), runs the forward pass through the batcher
+(:mod:`serving.batching`, off the event loop) and answers v1 with a dict and v2 with an
+``InferResponse``. Bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InvalidInput
+from kserve import InferInput, InferRequest, InferResponse, Model
+from kserve.protocol.infer_type import to_http_parameters
 
 from components.modelfile import ModelCard, load_model, verify_manifest
 from components.predict import predict_proba
 from components.registry import materialize
-from serving.codec import V2_DATATYPE, V2_INPUT_NAME, check_v2_header, decode_v1, decode_v2_data
+from serving.batching import Batcher, BatchingOptions
+from serving.codec import (
+    BYTES_INPUT,
+    Batch,
+    ServingSpec,
+    Tensor,
+    check_requested_outputs,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2,
+    has_encoded_images,
+    input_types,
+    output_types,
+)
+from serving.protocol import binary_values
 
 logger = logging.getLogger(__name__)
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_INSTANCES = 64
 
 
 class ImageClassifier(Model):
-    def __init__(self, name: str, model_uri: str, max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None):
         super().__init__(name)
         self.model_uri = model_uri
-        self.max_batch = max_batch
+        self.max_instances = max_instances
+        self.batching = batching or BatchingOptions()
         self.net: torch.nn.Module | None = None
         self.card: ModelCard | None = None
+        self.spec: ServingSpec | None = None
+        self.batcher: Batcher | None = None
         self.manifest: dict[str, Any] = {}
 
     def load(self) -> bool:
@@ -43,50 +65,62 @@ class ImageClassifier(Model):
             # Refuse to serve anything whose files do not match the manifest (raises, names the file).
             self.manifest = verify_manifest(folder)
             self.net, self.card = load_model(folder, device)
-        logger.info("loaded %s version %s (%s) on %s", self.name, self.manifest.get("version"), self.card.arch, device)
+        self.spec = ServingSpec.from_card(self.card, self.max_instances)
+        self.forward(np.zeros((1, *self.card.input_shape), dtype=np.float32))  # a model that cannot run is not ready
+        self.batcher = Batcher(self.forward, self.batching, self.name)
+        logger.info("loaded %s version %s (%s) on %s; batching %s", self.name, self.manifest.get("version"), self.card.arch, device, self.batching)
         self.ready = True
         return self.ready
 
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        super().stop()
+
     def get_input_types(self) -> list[dict]:
-        # -1: any batch size up to max_batch. Values are pixels on the 0–255 scale.
-        return [{"name": V2_INPUT_NAME, "datatype": V2_DATATYPE, "shape": [-1, *self.card.input_shape]}]
+        return input_types(self.spec)
 
     def get_output_types(self) -> list[dict]:
-        return [
-            {"name": "probabilities", "datatype": V2_DATATYPE, "shape": [-1, self.card.num_classes]},
-            {"name": "class", "datatype": "INT64", "shape": [-1]},
-        ]
+        return output_types(self.spec)
+
+    def forward(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for ``float32 [N,C,H,W]`` pixels (runs on the batcher's worker thread)."""
+        return predict_proba(self.net, torch.from_numpy(pixels), self.card).numpy()
 
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         if isinstance(payload, InferRequest):
-            return self._predict_v2(payload)
-        pixels = decode_v1(payload, self.card, self.max_batch)
-        probs = self._probabilities(pixels)
-        return {"predictions": [self._describe(row) for row in probs]}
+            return await self._infer_v2(payload)
+        batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
+        probs = await self.batcher.run(batch.pixels)
+        return encode_v1(probs, self.spec, batch.top_k)
 
-    def _predict_v2(self, request: InferRequest) -> InferResponse:
-        if len(request.inputs) != 1:
-            raise InvalidInput(f'expected exactly one input tensor named "{V2_INPUT_NAME}", found {len(request.inputs)}')
-        tensor = request.inputs[0]
-        shape = list(tensor.shape)
-        check_v2_header(tensor.name, tensor.datatype, shape, self.card, self.max_batch)
-        try:
-            data = tensor.as_numpy()
-        except (ValueError, TypeError):
-            raise InvalidInput(f"expected {int(np.prod(shape))} {tensor.datatype} values for shape {shape}, found data that does not fit") from None
-        pixels = decode_v2_data(shape, data)
-        probs = self._probabilities(pixels)
-        classes = probs.argmax(axis=1).astype(np.int64)
-        outputs = [
-            InferOutput("probabilities", list(probs.shape), V2_DATATYPE, probs.astype(np.float32)),
-            InferOutput("class", [len(classes)], "INT64", classes),
-        ]
-        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=request.id or str(uuid.uuid4()))
+    async def _decode(self, decode: Callable[..., Batch], images: bool, *args: Any) -> Batch:
+        """Pixel lists decode in microseconds: on the event loop. Image files take milliseconds of PIL work,
+        which releases the GIL: on a thread, so the loop keeps serving meanwhile. Meanwhile the batcher knows
+        this request is on its way."""
+        with self.batcher.arriving():
+            return await asyncio.to_thread(decode, *args) if images else decode(*args)
 
-    def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return predict_proba(self.net, torch.from_numpy(pixels), self.card).numpy()
+    async def _infer_v2(self, request: InferRequest) -> InferResponse:
+        tensors = [Tensor(t.name, t.datatype, list(t.shape), _tensor_data(t)) for t in request.inputs]
+        # gRPC parameters arrive as a protobuf map (empty when none were sent).
+        parameters = to_http_parameters(request.parameters) if request.from_grpc else request.parameters
+        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
+        check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
+        probs = await self.batcher.run(batch.pixels)
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=encode_v2(probs, self.spec, batch.top_k),
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
 
-    def _describe(self, probs: np.ndarray) -> dict[str, Any]:
-        index = int(probs.argmax())
-        return {"class": index, "label": self.card.class_names[index], "probabilities": [round(float(p), 6) for p in probs]}
+
+def _tensor_data(tensor: InferInput) -> Any:
+    """The tensor's values as sent: JSON or binary (REST, already split by serving.protocol), or the raw
+    contents of a gRPC request, which KServe keeps only in a private field (``data`` is then empty)."""
+    if tensor._raw_data is None:
+        return tensor.data
+    return binary_values(tensor._raw_data, tensor.datatype, tensor.name)

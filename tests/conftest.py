@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SERVED_MODEL = "digits"
+# The shared test server: small limits so the limit tests are cheap, and a batching wait long enough
+# that concurrent test requests coalesce.
+SERVER_OPTIONS = ("--max-instances", "8", "--max-body-mb", "1", "--max-batch-size", "32", "--max-batch-wait-ms", "50")
+
+
+def start_predictor(model_uri: str, port: int, *options: str, log: Path | None = None) -> subprocess.Popen:
+    """``python -m serving`` as a real process on 127.0.0.1 (gRPC off). Its output goes to ``log``, or to
+    a pipe the caller must drain (a long-running server would block once an undrained pipe fills)."""
+    command = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", SERVED_MODEL, "--http-port", str(port),
+               "--enable_grpc", "false", *options]
+    if log is None:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(log, "wb") as output:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
+    from serving.client import is_ready
+
+    deadline = time.monotonic() + timeout_s
+    while not is_ready(url, SERVED_MODEL):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def served_version(tmp_path_factory) -> Path:
+    return make_version_folder(tmp_path_factory.mktemp("served") / "v1")
+
+
+@pytest.fixture(scope="session")
+def predictor_ports() -> tuple[int, int]:
+    """(HTTP, gRPC) ports of the shared predictor."""
+    return free_port(), free_port()
+
+
+@pytest.fixture(scope="session")
+def predictor_grpc(predictor, predictor_ports) -> str:
+    """host:port of the shared predictor's gRPC (Open Inference Protocol) endpoint."""
+    return f"127.0.0.1:{predictor_ports[1]}"
+
+
+@pytest.fixture(scope="session")
+def predictor(served_version, predictor_ports) -> str:
+    """The base URL of one predictor process shared by the serving tests; stopped at the end."""
+    (port, grpc_port), log = predictor_ports, served_version.parent / "server.log"
+    proc = start_predictor(str(served_version), port, *SERVER_OPTIONS, "--enable_grpc", "true", "--grpc-port", str(grpc_port), log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
