@@ -96,6 +96,17 @@ def synthetic(setup: Setup, batch: int, device: torch.device) -> tuple[torch.Ten
     return x.to(device), torch.randint(0, setup.classes, (batch,), generator=generator).to(device)
 
 
+
+def training_step(model, optimizer, x, y):
+    """One optimizer step on a fixed batch: the same work in the plain-process and DDP rows."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
 def threads_per_worker(setup: Setup) -> int:
     return max(1, setup.threads // setup.workers)
 
@@ -125,11 +136,7 @@ def run_plain(setup: Setup) -> Row:
     model = build_model(setup.arch, setup.channels, setup.classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = synthetic(setup, setup.global_batch, device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    step = training_step(model, optimizer, x, y)
 
     seconds = timed_steps(setup, step, device)
     return Row("(a) plain process", 1, setup.global_batch, setup.global_batch * setup.steps / seconds)
@@ -199,11 +206,7 @@ def _ddp_rank(rank: int, setup: Setup, port: int, queue) -> None:
                                                       device_ids=[rank] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = synthetic(setup, setup.batch, device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    step = training_step(model, optimizer, x, y)
 
     queue.put((rank, timed_steps(setup, step, device), None, None))
     dist.destroy_process_group()
