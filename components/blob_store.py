@@ -332,6 +332,10 @@ class BlobStore(Store):
             f"(expected ETag {etag or 'none: object absent'}, found {found.etag if found else 'no object'})"
         )
 
+    def ensure_root(self) -> None:
+        """A Blob store's root is its container: create it if it does not exist."""
+        self.ensure_container()
+
     def ensure_container(self) -> None:
         """Create the container if it does not exist (needs permission to create containers)."""
         with self._translate("create container for", "/"):

@@ -92,6 +92,10 @@ class Store(ABC):
         Returns the new ETag; raises :class:`ConflictError` when another writer got there first.
         """
 
+    def ensure_root(self) -> None:
+        """Make the store's root exist before first use (a Blob container); overridden where needed."""
+        return  # a local folder is created by its first write
+
     def download_prefix(self, prefix: str, dest: Path) -> list[Path]:
         """Download every object under ``prefix`` into ``dest``, keeping relative paths."""
         paths = []

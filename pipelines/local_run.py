@@ -47,17 +47,8 @@ def local_arguments(workdir: Path, data_uri: str | None, overrides: dict[str, An
         "code_version": git_commit(),
     }
     arguments = {**arguments, **overrides}
-    _ensure_store(arguments["store_uri"])
+    open_store(arguments["store_uri"]).ensure_root()
     return arguments
-
-
-def _ensure_store(uri: str) -> None:
-    """A Blob container is created on first use (a local folder is created by its first write)."""
-    from components.blob_store import BlobStore
-
-    store = open_store(uri)
-    if isinstance(store, BlobStore):
-        store.ensure_container()
 
 
 def run_local(workdir: Path, arguments: dict[str, Any]) -> None:
