@@ -7,7 +7,8 @@ app before the server starts, makes the server's answers:
 
 - a body over the configured size: 413, checked on ``Content-Length`` and on the bytes received;
 - invalid JSON or a body that is not an inference request: 400 ``{"error": "..."}``;
-- the binary tensor extension parsed strictly (:func:`parse_infer_body`), raw BYTES kept as bytes;
+- every v2 body, JSON or the binary tensor extension, parsed strictly (:func:`parse_infer_body`), raw
+  BYTES kept as bytes; the inference routes themselves are :mod:`serving.routes`;
 - what this server does not offer (explain, model versions), which KServe answers with 501: 404;
   the model-repository endpoints: 403 (:class:`NotOffered`).
 """
@@ -33,6 +34,7 @@ from pydantic import BaseModel, StrictInt, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import routes
 from serving.codec import BYTES, split_bytes_elements
 
 # -- the body-size limit ------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ class _Header(BaseModel):
 
 
 def parse_infer_body(body: bytes, json_length: str | None, model_name: str) -> InferRequest:
-    """A v2 request sent as bytes: a JSON header, then the binary data of the inputs that declare
+    """A v2 request body: a JSON header, then the binary data of the inputs that declare
     ``binary_data_size``. Without an ``Inference-Header-Content-Length`` the body is all JSON."""
     length = _json_length(json_length, len(body))
     try:
@@ -241,7 +243,8 @@ def binary_values(chunk: bytes, datatype: str, name: str) -> Any:
 
 
 class ValidatingDataPlane(DataPlane):
-    """KServe's data plane with :func:`parse_infer_body` for v2 bodies that arrive as bytes."""
+    """KServe's data plane with :func:`parse_infer_body` for v2 bodies (:mod:`serving.routes` hands
+    every REST v2 body over as bytes)."""
 
     def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
         if isinstance(body, bytes):
@@ -252,6 +255,7 @@ class ValidatingDataPlane(DataPlane):
 def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> None:
     """Put the hardening in place; call before ``server.start``."""
     server.dataplane = ValidatingDataPlane(model_registry=server.registered_models)
+    routes.install(app, server.dataplane)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
