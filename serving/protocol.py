@@ -15,6 +15,7 @@ app before the server starts, makes the server's answers:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import InferInput, InferRequest, ModelServer
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.logging import KSERVE_LOGGER_NAME
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import RequestedOutput
 from kserve.protocol.rest.v2_datamodels import Parameters, RequestOutput
@@ -252,6 +254,25 @@ class ValidatingDataPlane(DataPlane):
         return super().decode_inference_request(body, headers, model_name)
 
 
+# -- logging ------------------------------------------------------------------------------------------------------
+
+
+class ClientErrorsAsWarnings(logging.Filter):
+    """KServe's exception handlers log every 400 and 404 at ERROR with a full traceback, so one client
+    sending bad requests would fill the logs and page whoever alerts on errors. This filter, on KServe's
+    logger, rewrites those records as one WARNING line; server errors keep their tracebacks."""
+
+    CLIENT_ERRORS = (InvalidInput, ModelNotFound)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, self.CLIENT_ERRORS):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg, record.args = "refused a request: %s: %s", (type(error).__name__, error)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> None:
     """Put the hardening in place; call before ``server.start``."""
     server.dataplane = ValidatingDataPlane(model_registry=server.registered_models)
@@ -260,3 +281,4 @@ def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_middleware(NotOffered)
+    logging.getLogger(KSERVE_LOGGER_NAME).addFilter(ClientErrorsAsWarnings())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import requests
@@ -71,3 +72,15 @@ def test_json_answers_are_json(predictor):
     assert [o["name"] for o in v2.json()["outputs"]] == ["probabilities", "class", "label"]
     assert set(v1.json()["predictions"][0]) == {"class", "label", "probabilities"}
 
+
+def test_client_errors_are_one_warning_line_in_the_server_log(predictor, served_version):
+    """KServe would log each 400/404 at ERROR with a traceback; serving.protocol makes it one WARNING."""
+    marker = f"nosuch-{uuid.uuid4().hex[:8]}"
+    assert requests.post(f"{predictor}/v2/models/{marker}/infer", json={"inputs": []}, timeout=30).status_code == 404
+    bad = {"inputs": [{"name": marker, "shape": [1], "datatype": "FP32", "data": [0.0]}]}
+    assert requests.post(f"{predictor}/v2/models/{MODEL}/infer", json=bad, timeout=30).status_code == 400
+    log = (served_version.parent / "server.log").read_text()
+    lines = [line for line in log.splitlines() if marker in line and "HTTP/1.1" not in line]  # not the access log
+    assert len(lines) == 2, lines
+    assert all("WARNING" in line and "refused a request" in line for line in lines), lines
+    assert "Traceback" not in log
