@@ -117,17 +117,18 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         """One forward pass for ``batch``; each request gets its rows, or the pass's exception."""
-        done = asyncio.ensure_future(self._forward_off_loop([p.images for p in batch]))
-        await asyncio.wait([done])
+        try:
+            outputs = await self._forward_off_loop([p.images for p in batch])
+        except Exception as exc:  # the pass failed: every request in it gets the error
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
         start = 0
         for pending in batch:
             end = start + len(pending.images)
-            if pending.future.done():  # the client went away; nothing to deliver
-                pass
-            elif done.exception() is not None:
-                pending.future.set_exception(done.exception())
-            else:
-                pending.future.set_result(done.result()[start:end])
+            if not pending.future.done():  # done: the client went away, nothing to deliver
+                pending.future.set_result(outputs[start:end])
             start = end
 
     async def _collect(self) -> list[_Pending]:
