@@ -5,7 +5,8 @@ Prints one table from one run:
 - the limit: the raw in-process forward throughput (images/s) at batch 1 and at the maximum batch, with
   the same torch thread count the server uses;
 - for single-image requests at concurrency 1, 16 and 64, with dynamic batching on and off: the served
-  requests/s, p50 and p99 latency, errors, and served/limit ratios.
+  requests/s, p50 and p99 latency, errors, the server's CPU time per request (steadier than requests/s
+  on a shared machine), and served/limit ratios.
 
 The server runs as a real process (``python -m serving``); the load comes over HTTP from a separate
 process (this script's ``drive`` mode: asyncio + aiohttp, closed loop, one connection per concurrent
@@ -173,14 +174,14 @@ async def drive(url: str, body: bytes, concurrency: int, seconds: float, warmup:
     import aiohttp
 
     latencies: list[float] = []
-    errors = 0
+    errors = sent = 0
     endpoint = f"{url}{path}"
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + warmup
     stop_at = measure_from + seconds
 
     async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
+        nonlocal errors, sent
         while (start := loop.time()) < stop_at:
             try:
                 async with session.post(endpoint, data=body, headers={"Content-Type": "application/json"}) as response:
@@ -188,6 +189,7 @@ async def drive(url: str, body: bytes, concurrency: int, seconds: float, warmup:
                     ok = response.status == 200
             except (TimeoutError, aiohttp.ClientError):
                 ok = False
+            sent += 1
             if start >= measure_from:
                 latencies.append(loop.time() - start)
                 errors += not ok
@@ -196,15 +198,24 @@ async def drive(url: str, body: bytes, concurrency: int, seconds: float, warmup:
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     ms = np.asarray(latencies) * 1000
-    return {"requests": len(ms), "errors": errors, "rps": len(ms) / seconds,
+    return {"requests": len(ms), "sent": sent, "errors": errors, "rps": len(ms) / seconds,
             "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"), "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
 
 
-def run_load(url: str, path: str, body_file: Path, concurrency: int, seconds: float, warmup: float) -> dict:
+def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, concurrency: int, seconds: float, warmup: float) -> dict:
+    """One row's load, plus the server's CPU time per request (user + system, all its threads, warm-up
+    included): a machine shared with other work changes requests/s from run to run far more than it."""
+    import psutil
+
     command = [sys.executable, __file__, "drive", "--url", url, "--path", path, "--body", str(body_file), "--concurrency", str(concurrency),
                "--seconds", str(seconds), "--warmup", str(warmup)]
+    before = psutil.Process(server.pid).cpu_times()
     run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 120, check=True)
-    return json.loads(run.stdout)
+    after = psutil.Process(server.pid).cpu_times()
+    result = json.loads(run.stdout)
+    cpu_s = (after.user - before.user) + (after.system - before.system)
+    result["cpu_ms"] = 1000 * cpu_s / result["sent"] if result["sent"] else float("nan")
+    return result
 
 
 # -- the table ------------------------------------------------------------------------------------------------
@@ -223,14 +234,14 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
         try:
             for i, kind in enumerate(kinds):
                 for c in args.concurrency:
-                    results[kind.name, batching, c] = run_load(url, kind.path, scratch / f"{model.arch}-{i}.json", c, args.seconds, args.warmup)
+                    results[kind.name, batching, c] = run_load(proc, url, kind.path, scratch / f"{model.arch}-{i}.json", c, args.seconds, args.warmup)
         finally:
             stop_server(proc)
     lines = [f"{model.title}: limit (in-process forward) batch 1: {limit_1:,.0f} img/s, batch {args.max_batch_size}: {limit_max:,.0f} img/s",
-             "| request | batching | concurrency | req/s | p50 ms | p99 ms | errors | served/limit(b1) | served/limit(max) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| request | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | served/limit(b1) | served/limit(max) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, batching, c), r in results.items():
-        lines.append(f"| {name} | {'on' if batching else 'off'} | {c} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | "
+        lines.append(f"| {name} | {'on' if batching else 'off'} | {c} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['cpu_ms']:.2f} | "
                      f"{r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
     lines += [verdict(model, kind.name, results, args.concurrency[-1], limit_max) for kind in kinds]
     return lines
