@@ -17,10 +17,11 @@ help: ## list the targets
 
 setup: $(DEPS_STAMP) $(NODE_STAMP) ## create .venv with the pinned packages and Azurite (fast when nothing changed)
 
-# Re-runs only when the lock or pyproject changes: `make setup` is idempotent and quick otherwise.
-$(DEPS_STAMP): requirements.lock pyproject.toml
+# Re-runs only when a lock or pyproject changes: `make setup` is idempotent and quick otherwise.
+# requirements.lock is the runtime tree (what the image installs); requirements-test.lock adds the test tools.
+$(DEPS_STAMP): requirements.lock requirements-test.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
@@ -52,10 +53,14 @@ images: ## build the project image (pipeline steps, training, serving) tagged fo
 	docker build -f manifests/docker/Dockerfile -t $(IMAGE) .
 	@echo "built $(IMAGE); push it with: docker push $(IMAGE)"
 
-lock: ## re-resolve the pinned dependency tree into requirements.lock (needs the registry)
+# The runtime tree is resolved alone, then the test tools are resolved against it (-c): they can never
+# move a runtime pin, and requirements-test.lock holds only what they add.
+lock: ## re-resolve the pinned trees: requirements.lock (runtime) and requirements-test.lock (needs the registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet -e ".[test]"
+	.lock-venv/bin/pip install --quiet -e .
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+	.lock-venv/bin/pip install --quiet -e ".[test]" -c requirements.lock
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' | grep -vxFf requirements.lock > requirements-test.lock
 	rm -rf .lock-venv
 
 clean: stop ## remove local run outputs (keeps .venv)

@@ -72,14 +72,26 @@ def test_dependencies_come_from_the_lock_only_and_the_project_adds_none() -> Non
     assert "requirements.lock ./" in args_of("COPY")
 
 
-def test_the_lock_pins_every_direct_dependency_at_the_pyproject_version() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    direct = project["dependencies"] + project["optional-dependencies"]["test"]
-    lock = {normalize(n): v for n, v in (line.split("==") for line in (ROOT / "requirements.lock").read_text().split())}
+def read_lock(name: str) -> dict[str, str]:
+    return {normalize(n): v for n, v in (line.split("==") for line in (ROOT / name).read_text().split())}
 
-    for requirement in direct:
-        name, version = requirement.split("==")
-        assert lock.get(normalize(name)) == version, f"{requirement} is not pinned the same in requirements.lock"
+
+def test_the_locks_pin_every_direct_dependency_at_the_pyproject_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, test = read_lock("requirements.lock"), read_lock("requirements-test.lock")
+
+    for lock_name, lock, requirements in (("requirements.lock", runtime, project["dependencies"]),
+                                          ("requirements-test.lock", test, project["optional-dependencies"]["test"])):
+        for requirement in requirements:
+            name, version = requirement.split("==")
+            assert lock.get(normalize(name)) == version, f"{requirement} is not pinned the same in {lock_name}"
+
+
+def test_the_image_lock_holds_no_test_tool_and_the_test_lock_repeats_no_runtime_pin() -> None:
+    runtime, test = read_lock("requirements.lock"), read_lock("requirements-test.lock")
+
+    assert not set(runtime) & set(test), f"pinned in both locks: {sorted(set(runtime) & set(test))}"
+    assert not {"pytest", "hypothesis", "schemathesis", "ruff", "jsonschema"} & set(runtime)
 
 
 def normalize(name: str) -> str:
