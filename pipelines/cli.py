@@ -4,6 +4,7 @@
     python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …]
     python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]
+    python -m pipelines data put (FOLDER | --sample) --to URI
     python -m pipelines registry list|show|promote|rollback|history --store URI --model NAME …
     python -m pipelines upload|submit|schedule --namespace NS …   (a Kubeflow Pipelines endpoint)
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from components.errors import ProjectError
 from components.training.local import PROGRESS_TTY_ENV
+from pipelines.data_cli import add_data_commands
 from pipelines.params import parse_params, signature_from_component_inputs
 from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop the local model server that `run --local` started")
     p.add_argument("--workdir", type=Path, default=Path(".work"))
     p.set_defaults(func=cmd_stop)
+    add_data_commands(sub)
     add_registry_commands(sub)
     add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)))
     return parser
