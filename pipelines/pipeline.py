@@ -36,6 +36,9 @@ def training_pipeline(
     train_timeout_s: int = 3600,
     train_mode: str = "sync",
     train_backoff_limit: int = 3,
+    train_checkpoint_every: int = 100,
+    train_max_staleness: int = 8,
+    train_bf16: bool = False,
     deploy_target: str = "local",
     serving_port: int = 8080,
     local_state_dir: str = "",
@@ -67,6 +70,9 @@ def training_pipeline(
         train_timeout_s: Fail training after this many seconds.
         train_mode: sync (workers' gradients averaged each step) or async (applied as they arrive, with bounded staleness).
         train_backoff_limit: Relaunches of a failed training job from its latest checkpoint before the step fails.
+        train_checkpoint_every: Training steps between checkpoints (0: only at epoch ends).
+        train_max_staleness: async mode: oldest gradient (in updates) a shard still applies; at least num_workers - 1.
+        train_bf16: bfloat16 autocast in the workers' forward pass (meant for GPU workers).
         deploy_target: local (a KServe model server process on this machine) or kserve (an InferenceService on AKS GPU nodes).
         serving_port: HTTP port of the local model server.
         local_state_dir: Folder for the local server's pid and log.
@@ -82,7 +88,8 @@ def training_pipeline(
     trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, arch=arch,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, num_ps=num_ps,
                           num_workers=num_workers, seed=seed, launcher=launcher, timeout_s=train_timeout_s,
-                          mode=train_mode, backoff_limit=train_backoff_limit)
+                          mode=train_mode, backoff_limit=train_backoff_limit, checkpoint_every=train_checkpoint_every,
+                          max_staleness=train_max_staleness, bf16=train_bf16)
     trained.set_display_name("train (parameter servers + workers)").set_cpu_limit("4").set_memory_limit("8G")
     evaluated = evaluate_model(dataset=prepared.outputs["dataset"], model=trained.outputs["model"], store_uri=store_uri,
                                model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance)

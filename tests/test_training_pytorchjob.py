@@ -10,6 +10,7 @@ adapter's conversions from API objects are tested on objects shaped as the API s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import io
 import os
@@ -295,7 +296,8 @@ def pipeline_defaults() -> dict:
 
 
 def test_render_writes_the_job_the_train_step_would_create_for_the_pipeline_parameters(tmp_path, crd_schema):
-    params = {**pipeline_defaults(), "store_uri": BLOB, "epochs": 3, "num_workers": 4, "train_mode": "async", "train_backoff_limit": 5}
+    params = {**pipeline_defaults(), "store_uri": BLOB, "epochs": 3, "num_workers": 4, "train_mode": "async", "train_backoff_limit": 5,
+              "train_checkpoint_every": 7, "train_max_staleness": 3, "train_bf16": True}
     path = render_pytorchjob(params, tmp_path / "out")
     text = path.read_text()
     assert path.name == "pytorchjob.yaml" and text.startswith("# The PyTorchJob the train step creates")
@@ -305,6 +307,20 @@ def test_render_writes_the_job_the_train_step_would_create_for_the_pipeline_para
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
     config = from_argv(job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][3:])
     assert (config.epochs, config.mode, config.output_prefix) == (3, "async", "runs/RUN_ID/model")
+    assert (config.checkpoint_every, config.max_staleness, config.bf16) == (7, 3, True)
+
+
+def test_the_pipeline_and_the_train_step_default_to_the_training_configs_values():
+    from components.training.component import train_model
+
+    config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    step = {name: spec.default for name, spec in train_model.component_spec.inputs.items() if spec.default is not None}
+    pipeline = pipeline_defaults()
+    for param, field in CONFIG_PARAMS.items():
+        if param != "epochs":  # the pipeline trains longer: 15 epochs reach the sample's accuracy target
+            assert pipeline[param] == config[field], f"pipeline parameter {param}"
+        if field in step:
+            assert step[field] == config[field], f"train step input {field}"
 
 
 def test_render_knows_every_pipeline_parameter_it_maps():

@@ -8,7 +8,8 @@ from components.kfp_base import project_component
 @project_component
 def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str, epochs: int, batch_size: int,
                 optimizer: str, lr: float, num_ps: int, num_workers: int, seed: int, launcher: str, timeout_s: int,
-                model: Output[Model], metrics: Output[Metrics], report: Output[HTML], mode: str = "sync", backoff_limit: int = 3):
+                model: Output[Model], metrics: Output[Metrics], report: Output[HTML], mode: str = "sync", backoff_limit: int = 3,
+                checkpoint_every: int = 100, max_staleness: int = 8, bf16: bool = False):
     """Parameter-server training: num_ps server shards and num_workers workers (torch.distributed.rpc).
 
     Args:
@@ -31,12 +32,16 @@ def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, arch: str,
         report: Loss and accuracy curves, per-epoch table and settings.
         mode: sync (gradients of all workers averaged each step) or async (applied as they arrive, bounded staleness).
         backoff_limit: How many times a failed job is relaunched from its latest checkpoint before the step fails.
+        checkpoint_every: Steps between checkpoints (0: only at epoch ends); a relaunch resumes from the latest.
+        max_staleness: async mode: drop a gradient computed on parameters more than this many updates old (>= num_workers - 1).
+        bf16: bfloat16 autocast in the workers' forward pass (meant for GPUs; on a CPU it also applies, usually slower).
     """
     from components.training.job import run_config, train
     from components.training.report import training_report
 
     config = run_config(store_uri, dataset.metadata["prefix"], run_id, arch=arch, epochs=epochs, batch_size=batch_size,
-                        optimizer=optimizer, lr=lr, num_ps=num_ps, num_workers=num_workers, seed=seed, mode=mode)
+                        optimizer=optimizer, lr=lr, num_ps=num_ps, num_workers=num_workers, seed=seed, mode=mode,
+                        checkpoint_every=checkpoint_every, max_staleness=max_staleness, bf16=bf16)
     result = train(config, launcher, timeout_s, backoff_limit, run_id)
     for epoch in result.history:
         for key in ("loss", "val_loss", "val_accuracy"):

@@ -24,7 +24,8 @@ DEFAULT_NAMESPACE = "kubeflow-user-example-com"  # Kubeflow's example profile; a
 
 # Pipeline parameter → TrainConfig field, as pipelines/pipeline.py wires them into the train step.
 CONFIG_PARAMS = {"arch": "arch", "epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr",
-                 "num_ps": "num_ps", "num_workers": "num_workers", "seed": "seed", "train_mode": "mode"}
+                 "num_ps": "num_ps", "num_workers": "num_workers", "seed": "seed", "train_mode": "mode",
+                 "train_checkpoint_every": "checkpoint_every", "train_max_staleness": "max_staleness", "train_bf16": "bf16"}
 
 
 def render_pytorchjob(params: Mapping[str, Any], output_dir: Path, namespace: str = DEFAULT_NAMESPACE) -> Path:
