@@ -322,11 +322,10 @@ def encode_v2(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[I
 
 
 def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
-    # Data as a list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
-    # (binary) inputs; REST, JSON or binary, takes either.
-    output = InferOutput(name, list(array.shape), datatype)
-    output.set_data_from_numpy(array, binary_data=False)
-    return output
+    # Data as a flat list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
+    # (binary) inputs; REST, JSON or binary, takes either. tolist() builds in C the list that
+    # set_data_from_numpy(binary_data=False) builds one .item() at a time.
+    return InferOutput(name, list(array.shape), datatype, data=array.ravel().tolist())
 
 
 def output_types(spec: ServingSpec) -> list[dict[str, Any]]:
