@@ -19,7 +19,7 @@ from __future__ import annotations
 import orjson
 from fastapi import FastAPI
 from kserve.constants.constants import PredictorProtocol
-from kserve.errors import ModelNotReady
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,7 +36,10 @@ class InferenceRoutes:
     async def predict(self, request: Request) -> Response:
         model_name = await self._ready_model(request)
         headers = dict(request.headers)
-        payload, attributes = self.dataplane.decode(body=await request.body(), headers=headers)
+        try:
+            payload, attributes = self.dataplane.decode(body=await request.body(), headers=headers)
+        except InvalidInput as exc:  # the data plane raises it only for a body that does not parse
+            raise InvalidInput(f"expected a JSON body, found invalid JSON ({exc})") from None
         return await self._answer(model_name, payload, headers, attributes)
 
     async def infer(self, request: Request) -> Response:

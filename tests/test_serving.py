@@ -187,7 +187,7 @@ PNG = encode(Image.new("L", (28, 28), 7))
 NOISY_PNG = encode(photo(9, size=(64, 64)))  # big enough that a cut keeps the header and loses pixel data
 
 V1_CASES = [
-    (b"{not json", "Unrecognized request format"),
+    (b"{not json", "expected a JSON body, found invalid JSON (Unrecognized request format: unexpected character"),
     (b'{"foo": 1}', 'expected a JSON object with an "instances" list'),
     (b"[1, 2]", 'expected a JSON object with an "instances" list, found a list'),
     (v1({}), 'Expected "instances" to be a list'),  # KServe's own check answers first
