@@ -9,7 +9,9 @@ Layout under the store root::
     models/NAME/history/<time>-<id>.json   one immutable record per pointer change (the audit trail)
 
 Two pushes racing for the same number: one claim succeeds, the other moves on to N+1. Two promotions
-racing: one compare-and-swap wins, the other raises :class:`ConflictError`.
+racing: one compare-and-swap wins, the other raises :class:`ConflictError`. A push that dies before its
+manifest leaves its claim and some files: :meth:`Registry.abandoned` finds them once they are old enough,
+:meth:`Registry.clear_abandoned` deletes the files and keeps the claim, so the number is never reused.
 
 A pointer record names the change (``change_id``), its action (``promote`` or ``rollback``), the version
 before and after, who made it, why and when. It is written to the pointer first (the compare-and-swap) and
@@ -23,7 +25,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,16 @@ def production_stack(history: list[dict[str, Any]]) -> list[int]:
         if not stack or stack[-1] != record["version"]:
             stack.append(record["version"])
     return stack
+
+
+@dataclass(frozen=True)
+class AbandonedPush:
+    """A version number claimed by a push that never wrote the manifest, and the files it left."""
+
+    version: int
+    claimed_at: str
+    run_id: str | None
+    files: list[str]
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,36 @@ class Registry:
             self.store.download_file(join_key(self.version_prefix(version), name), dest / name)
         verify_manifest(dest)
         return manifest
+
+    # -- pushes that died before their manifest ---------------------------------------------------
+
+    def abandoned(self, older_than: timedelta, now: datetime | None = None) -> list[AbandonedPush]:
+        """Claimed versions with no manifest whose claim is older than ``older_than``: pushes that died half
+        way. They are invisible to readers, but their files stay until :meth:`clear_abandoned`. A younger
+        claim may belong to a push still uploading, and a version without a readable claim cannot be aged:
+        both are left alone."""
+        by_version: dict[int, list[str]] = {}
+        for key in self.store.list(join_key(self.root, "versions")):
+            if match := _VERSION_KEY.search(key):
+                by_version.setdefault(int(match.group(1)), []).append(key)
+        cutoff = (now or datetime.now(UTC)) - older_than
+        found = []
+        for version, keys in sorted(by_version.items()):
+            claim_key = join_key(self.version_prefix(version), CLAIM_FILE)
+            files = sorted(k for k in keys if k != claim_key)
+            if join_key(self.version_prefix(version), MANIFEST_FILE) in keys or claim_key not in keys or not files:
+                continue  # complete, unageable, or already cleared
+            claim = json.loads(self.store.read_bytes(claim_key))
+            if datetime.fromisoformat(claim["claimed_at"]) <= cutoff:
+                found.append(AbandonedPush(version, claim["claimed_at"], claim.get("run_id"), files))
+        return found
+
+    def clear_abandoned(self, push: AbandonedPush) -> None:
+        """Delete an abandoned push's files. The claim stays, so the number is never given out again."""
+        if self.store.exists(join_key(self.version_prefix(push.version), MANIFEST_FILE)):
+            raise ConflictError(f"{self.name} version {push.version} has a manifest now: it is complete, not abandoned; nothing deleted")
+        for key in push.files:
+            self.store.delete(key)
 
     # -- production pointer ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
     registry history  --store URI --model NAME                  every change of the production pointer
     registry promote  --store URI --model NAME --version N [--reason TEXT] [--actor WHO]
     registry rollback --store URI --model NAME [--reason TEXT] [--actor WHO]
+    registry gc       --store URI --model NAME [--older-than-hours H] [--dry-run]   files of pushes that died
 
 Promote and rollback are compare-and-swap writes on the pointer: when another run moves it at the same
 moment, the command fails and says where the pointer went. :func:`add_registry_commands` plugs these into
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from components.errors import ProjectError
@@ -123,6 +126,29 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     print(f"production of {args.model}: {format_change(pointer.record)}")
 
 
+def cmd_gc(args: argparse.Namespace) -> None:
+    registry = open_registry(args)
+    pushes = registry.abandoned(timedelta(hours=args.older_than_hours))
+    for push in pushes:
+        if not args.dry_run:
+            registry.clear_abandoned(push)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"version {push.version} (claimed {push.claimed_at} by run {push.run_id or MISSING}, no manifest): {verb} {len(push.files)} files")
+    if not pushes:
+        print(f"no abandoned pushes of {registry.name} older than {args.older_than_hours:g} hours")
+
+
+def hours_arg(value: str) -> float:
+    """argparse type for ``--older-than-hours``: a number of hours, at least 0."""
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = -1.0
+    if not (math.isfinite(hours) and hours >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of hours (0 or more), got {value!r}")
+    return hours
+
+
 def model_name_arg(value: str) -> str:
     """argparse type for ``--model`` that keeps the validator's message."""
     try:
@@ -157,6 +183,11 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     promote.add_argument("--version", type=version_arg, required=True, help="version number to promote")
     promote.set_defaults(func=cmd_promote)
     commands.add_parser("rollback", parents=[common, moves], help="point production back at the previous production version").set_defaults(func=cmd_rollback)
+    gc = commands.add_parser("gc", parents=[common], help="delete the files of pushes that died before their manifest")
+    gc.add_argument("--older-than-hours", type=hours_arg, default=24.0,
+                    help="only claims at least this old (default 24: a younger one may still be uploading)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    gc.set_defaults(func=cmd_gc)
     return registry
 
 

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from components.errors import ConflictError
+from components.modelfile import MANIFEST_FILE
 from components.registry import Registry
 from components.store import open_store
 from pipelines.registry_cli import add_registry_commands, cmd_list, main
-from tests.test_registry import MODEL, model_folder, push_metadata
+from tests.test_registry import (
+    MODEL,
+    model_folder,
+    push_metadata,
+    push_tagged,
+    push_then_die_before_manifest,
+    run_in_child,
+    tag_of,
+)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -114,6 +126,9 @@ def test_a_bad_store_uri_exits_non_zero_saying_what_was_expected(capsys: pytest.
     (["list", "--store", "x", "--model", "Bad_Name"], "expected a model name of lowercase letters"),
     (["promote", "--store", "x", "--model", MODEL, "--version", "zero"], "expected a version number"),
     (["promote", "--store", "x", "--model", MODEL], "the following arguments are required: --version"),
+    (["gc", "--store", "x", "--model", MODEL, "--older-than-hours", "-1"], "expected a number of hours (0 or more), got '-1'"),
+    (["gc", "--store", "x", "--model", MODEL, "--older-than-hours", "inf"], "expected a number of hours (0 or more), got 'inf'"),
+    (["gc", "--store", "x", "--model", MODEL, "--older-than-hours", "soon"], "expected a number of hours (0 or more), got 'soon'"),
 ])
 def test_malformed_arguments_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -128,3 +143,54 @@ def test_add_registry_commands_plugs_into_a_larger_cli() -> None:
     add_registry_commands(sub)
     args = parser.parse_args(["registry", "list", "--store", "s", "--model", MODEL])
     assert (args.command, args.registry_command, args.func) == ("registry", "list", cmd_list)
+
+
+# -- gc: pushes killed before their manifest ---------------------------------------------------------------
+
+
+def killed_push(uri: str, root: Path) -> Registry:
+    """Version 1 complete; version 2 claimed, files uploaded, then the pushing process SIGKILLed."""
+    push_tagged(uri, str(root), "complete")
+    assert run_in_child(push_then_die_before_manifest, uri, str(root)) == -signal.SIGKILL
+    return Registry(open_store(uri), MODEL)
+
+
+def test_gc_deletes_what_a_killed_push_left_keeps_its_number_and_touches_nothing_else(
+    store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = killed_push(store_uri, tmp_path)
+    left = registry.store.list(registry.version_prefix(2))
+    assert len(left) > 1  # the claim and the model files
+
+    code, out, err = run_cli(capsys, "gc", "--store", store_uri, "--model", MODEL, "--older-than-hours", "0")
+
+    assert (code, err) == (0, "")
+    assert out.startswith("version 2 (claimed ") and out.rstrip().endswith(f"no manifest): deleted {len(left) - 1} files")
+    assert registry.store.list(registry.version_prefix(2)) == [f"{registry.version_prefix(2)}/CLAIM.json"]
+    assert tag_of(registry, 1, tmp_path / "check") == "complete"
+    assert push_tagged(store_uri, str(tmp_path / "next"), "after")[1] == 3  # number 2 is never given out again
+    assert run_cli(capsys, "gc", "--store", store_uri, "--model", MODEL, "--older-than-hours", "0")[1].startswith("no abandoned pushes")
+
+
+def test_gc_leaves_a_claim_younger_than_the_limit_and_a_dry_run_deletes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = str(tmp_path / "store")
+    registry = killed_push(uri, tmp_path)
+    left = registry.store.list(registry.version_prefix(2))
+
+    code, out, _ = run_cli(capsys, "gc", "--store", uri, "--model", MODEL)
+    assert code == 0 and out == f"no abandoned pushes of {MODEL} older than 24 hours\n"
+    code, out, _ = run_cli(capsys, "gc", "--store", uri, "--model", MODEL, "--older-than-hours", "0", "--dry-run")
+    assert code == 0 and f"would delete {len(left) - 1} files" in out
+    assert registry.store.list(registry.version_prefix(2)) == left
+
+
+def test_a_push_that_completes_after_being_found_abandoned_is_not_deleted(tmp_path: Path) -> None:
+    registry = killed_push(str(tmp_path / "store"), tmp_path)
+    (push,) = registry.abandoned(timedelta(0))
+    registry.store.create_exclusive(f"{registry.version_prefix(2)}/{MANIFEST_FILE}", b"{}")  # the late writer finishes
+
+    with pytest.raises(ConflictError, match="version 2 has a manifest now"):
+        registry.clear_abandoned(push)
+    assert all(registry.store.exists(key) for key in push.files)
