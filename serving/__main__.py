@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", "--model_name", dest="model_name", default="classifier", help="name in the REST paths")
     parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080)
     parser.add_argument("--grpc-port", "--grpc_port", dest="grpc_port", type=int, default=8081)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes: 1 (scale with replicas instead)")
     parser.add_argument("--max-instances", type=_positive_int, default=DEFAULT_MAX_INSTANCES, help="most images one request may carry (more: 400)")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body in MiB (larger: 413)")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
@@ -47,7 +48,12 @@ def default_torch_threads() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers != 1:
+        # KServe's multi-process mode re-imports its app in fresh processes: this server's routes, hardening
+        # and batcher would not be there. One process per pod; the InferenceService's replicas scale out.
+        parser.error(f"expected --workers 1, found {args.workers}: run more replicas (minReplicas/maxReplicas) instead")
     torch.set_num_threads(args.torch_threads)
     batching = BatchingOptions(args.batching, args.max_batch_size, args.max_batch_wait_ms)
     model = ImageClassifier(args.model_name, args.model_uri, max_instances=args.max_instances, batching=batching)

@@ -332,3 +332,11 @@ def test_a_damaged_version_never_becomes_ready(tmp_path, damage):
     named = WEIGHTS_FILE if damage == "tampered" else METRICS_FILE
     assert "refusing to serve" in output and named in output
     assert ("SHA-256" if damage == "tampered" else "missing") in output
+
+
+def test_more_than_one_worker_process_is_refused_not_ignored(tmp_path):
+    """KServe's --workers N would start processes without this server's routes and batcher."""
+    proc = start_predictor(str(tmp_path / "never-loaded"), free_port(), "--workers", "2")
+    output = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 2
+    assert "expected --workers 1, found 2: run more replicas" in output
