@@ -143,7 +143,7 @@ def hours_arg(value: str) -> float:
     try:
         hours = float(value)
     except ValueError:
-        hours = -1.0
+        hours = math.nan  # refused below, with the same message
     if not (math.isfinite(hours) and hours >= 0):
         raise argparse.ArgumentTypeError(f"expected a number of hours (0 or more), got {value!r}")
     return hours
