@@ -17,7 +17,6 @@ import os
 import re
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -30,8 +29,10 @@ from components.training.kube import JobExistsError, JobStatus, PodInfo, iter_li
 from components.training.pytorchjob import MAX_NAME, PyTorchJobSettings, build_pytorchjob, job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_pytorchjob, run_pytorchjob
 from components.training.render import CONFIG_PARAMS, render_pytorchjob
+from tests import k8s_schema
+from tests.k8s_schema import SCHEMAS
 
-SCHEMA_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+PYTORCHJOB_CRD = "kubeflow.org_pytorchjobs.yaml"
 DNS_1123_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 RUN_ID = "4f1c2b9e-1234-4cde-9abc-0123456789ab"
 BLOB = "https://acct.blob.core.windows.net/data/kfp"
@@ -66,10 +67,9 @@ def strict(schema: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def crd_schema() -> dict:
-    if not SCHEMA_FILE.is_file():
-        pytest.skip(f"no CRD schemas at {SCHEMA_FILE.parent}")
-    crd = yaml.safe_load(SCHEMA_FILE.read_text())
-    return strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
+    if not (SCHEMAS / PYTORCHJOB_CRD).is_file():
+        pytest.skip(f"no CRD schemas at {SCHEMAS}")
+    return strict(k8s_schema.crd_schema(PYTORCHJOB_CRD, "v1"))
 
 
 # --- the manifest --------------------------------------------------------------------------------
