@@ -55,8 +55,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         os.environ[PROGRESS_TTY_ENV] = "1"  # the training step draws its progress bar on this terminal
     overrides = parse_params(args.param, pipeline_signature())
     arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
+    store = local_run.open_run_store(arguments)  # this process's one client; the steps open their own
     local_run.run_local(args.workdir, arguments)
-    summary = local_run.summarize(args.workdir, arguments, arguments.get("model_name", "digits"))
+    summary = local_run.summarize(store, args.workdir, arguments, arguments.get("model_name", "digits"))
     print(local_run.format_summary(summary, args.workdir))
 
 

@@ -20,7 +20,7 @@ from components.data.prepare import load_prepared
 from components.data.sample import write_sample
 from components.deploy import local as local_server
 from components.registry import Registry
-from components.store import open_store
+from components.store import Store, open_store
 from pipelines.pipeline import training_pipeline
 from serving.client import predict_v1
 
@@ -46,9 +46,14 @@ def local_arguments(workdir: Path, data_uri: str | None, overrides: dict[str, An
         "local_state_dir": str(workdir / "serving"),
         "code_version": git_commit(),
     }
-    arguments = {**arguments, **overrides}
-    open_store(arguments["store_uri"]).ensure_root()
-    return arguments
+    return {**arguments, **overrides}
+
+
+def open_run_store(arguments: dict[str, Any]) -> Store:
+    """The run's store, its root created (a Blob container) before any step writes to it."""
+    store = open_store(arguments["store_uri"])
+    store.ensure_root()
+    return store
 
 
 def run_local(workdir: Path, arguments: dict[str, Any]) -> None:
@@ -71,8 +76,9 @@ class Summary:
     true_label: str | None
 
 
-def summarize(workdir: Path, arguments: dict[str, Any], model_name: str) -> Summary:
-    registry = Registry(open_store(arguments["store_uri"]), model_name)
+def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str) -> Summary:
+    """What the run left in the registry of ``store`` and, when it deployed, one prediction from the endpoint."""
+    registry = Registry(store, model_name)
     version = registry.versions()[-1]
     manifest = registry.manifest(version)
     verdict = manifest["verdict"]

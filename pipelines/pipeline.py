@@ -11,6 +11,7 @@ from components.deploy.component import deploy_model
 from components.evaluation.component import evaluate_model
 from components.push.component import push_model
 from components.training.component import train_model
+from components.training.params import TRAIN_DEFAULTS, knobs_from_pipeline
 
 PIPELINE_NAME = "digits-ps-classifier"
 
@@ -20,25 +21,32 @@ def training_pipeline(
     data_uri: str,
     store_uri: str,
     model_name: str = "digits",
-    arch: str = "small_cnn",
-    epochs: int = 15,
-    batch_size: int = 32,
-    optimizer: str = "adam",
-    lr: float = 0.003,
-    num_ps: int = 1,
-    num_workers: int = 2,
-    seed: int = 0,
+    arch: str = TRAIN_DEFAULTS.arch,
+    epochs: int = TRAIN_DEFAULTS.epochs,
+    batch_size: int = TRAIN_DEFAULTS.batch_size,
+    optimizer: str = TRAIN_DEFAULTS.optimizer,
+    lr: float = TRAIN_DEFAULTS.lr,
+    momentum: float = TRAIN_DEFAULTS.momentum,
+    weight_decay: float = TRAIN_DEFAULTS.weight_decay,
+    warmup_epochs: float = TRAIN_DEFAULTS.warmup_epochs,
+    num_ps: int = TRAIN_DEFAULTS.num_ps,
+    num_workers: int = TRAIN_DEFAULTS.num_workers,
+    seed: int = TRAIN_DEFAULTS.seed,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     accuracy_threshold: float = 0.95,
     tolerance: float = 0.005,
     launcher: str = "local",
     train_timeout_s: int = 3600,
-    train_mode: str = "sync",
     train_backoff_limit: int = 3,
-    train_checkpoint_every: int = 100,
-    train_max_staleness: int = 8,
-    train_bf16: bool = False,
+    train_mode: str = TRAIN_DEFAULTS.mode,
+    train_augment: str = TRAIN_DEFAULTS.augment,
+    train_checkpoint_every: int = TRAIN_DEFAULTS.checkpoint_every,
+    train_max_staleness: int = TRAIN_DEFAULTS.max_staleness,
+    train_bf16: bool = TRAIN_DEFAULTS.bf16,
+    train_loader_workers: int = TRAIN_DEFAULTS.loader_workers,
+    train_prefetch: int = TRAIN_DEFAULTS.prefetch,
+    train_shuffle_window: int = TRAIN_DEFAULTS.shuffle_window,
     deploy_target: str = "local",
     serving_port: int = 8080,
     local_state_dir: str = "",
@@ -58,7 +66,10 @@ def training_pipeline(
         epochs: Passes over the training split.
         batch_size: Images per worker per step.
         optimizer: sgd, adam or adamw.
-        lr: Peak learning rate.
+        lr: Peak learning rate (linear warm-up, cosine decay).
+        momentum: Momentum of sgd (Nesterov when above 0); adam and adamw ignore it.
+        weight_decay: L2 penalty for sgd and adam, decoupled weight decay for adamw.
+        warmup_epochs: Epochs of linear learning-rate warm-up.
         num_ps: Parameter-server shards.
         num_workers: Training workers.
         seed: Seed of the split, initialisation and data order.
@@ -68,11 +79,15 @@ def training_pipeline(
         tolerance: Accepted accuracy loss against the production model.
         launcher: Where training ranks run: local (processes inside the training step) or pytorchjob (a Training Operator job on the cluster; needs an Azure Blob store_uri and num_ps=1).
         train_timeout_s: Fail training after this many seconds.
-        train_mode: sync (workers' gradients averaged each step) or async (applied as they arrive, with bounded staleness).
         train_backoff_limit: Relaunches of a failed training job from its latest checkpoint before the step fails.
+        train_mode: sync (workers' gradients averaged each step) or async (applied as they arrive, with bounded staleness).
+        train_augment: Augmentation preset: auto (photos for colour images, digits otherwise), none, digits (small shifts) or photos (random resized crop and flip).
         train_checkpoint_every: Training steps between checkpoints (0: only at epoch ends).
         train_max_staleness: async mode: oldest gradient (in updates) a shard still applies; at least num_workers - 1.
         train_bf16: bfloat16 autocast in the workers' forward pass (meant for GPU workers).
+        train_loader_workers: DataLoader processes per worker that decode and augment batches (0: inside the worker).
+        train_prefetch: Batches each loader process prepares ahead.
+        train_shuffle_window: Images shuffled together within a worker's part of an epoch.
         deploy_target: local (a KServe model server process on this machine) or kserve (an InferenceService on AKS GPU nodes).
         serving_port: HTTP port of the local model server.
         local_state_dir: Folder for the local server's pid and log.
@@ -82,14 +97,12 @@ def training_pipeline(
         canary_percent: Traffic share of a new revision before it is promoted (Serverless).
         code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage.
     """
+    knobs = knobs_from_pipeline(locals())  # first statement: locals() is exactly the pipeline's parameters
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     prepared = prepare_data(data_uri=data_uri, store_uri=store_uri, val_fraction=val_fraction,
                             test_fraction=test_fraction, seed=seed).set_display_name("prepare data")
-    trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, arch=arch,
-                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, num_ps=num_ps,
-                          num_workers=num_workers, seed=seed, launcher=launcher, timeout_s=train_timeout_s,
-                          mode=train_mode, backoff_limit=train_backoff_limit, checkpoint_every=train_checkpoint_every,
-                          max_staleness=train_max_staleness, bf16=train_bf16)
+    trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, launcher=launcher,
+                          timeout_s=train_timeout_s, backoff_limit=train_backoff_limit, **knobs)
     trained.set_display_name("train (parameter servers + workers)").set_cpu_limit("4").set_memory_limit("8G")
     evaluated = evaluate_model(dataset=prepared.outputs["dataset"], model=trained.outputs["model"], store_uri=store_uri,
                                model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance)

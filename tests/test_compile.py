@@ -89,3 +89,19 @@ def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
     worker = replicas["Worker"]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["nodeSelector"] == predictor["nodeSelector"]  # one GPU scheduling profile for both
+
+
+def test_the_package_defaults_every_training_knob_to_the_training_configs_value(package):
+    from components.training.params import PIPELINE_KNOBS, TRAIN_DEFAULTS
+
+    params = package["root"]["inputDefinitions"]["parameters"]
+    for name, field in PIPELINE_KNOBS.items():
+        assert params[name].get("defaultValue") == getattr(TRAIN_DEFAULTS, field), f"default of {name} in the package"
+
+
+def test_the_train_step_gets_every_knob_from_its_pipeline_parameter(package):
+    from components.training.params import PIPELINE_KNOBS
+
+    inputs = package["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
+    wired = {field: spec.get("componentInputParameter") for field, spec in inputs.items()}
+    assert {field: wired.get(field) for field in PIPELINE_KNOBS.values()} == {f: n for n, f in PIPELINE_KNOBS.items()}

@@ -79,3 +79,62 @@ def test_signature_comes_from_a_compiled_pipelines_inputs() -> None:
     from tests.standin_pipeline import SIGNATURE, standin_pipeline
 
     assert signature_from_component_inputs(standin_pipeline.component_spec.inputs or {}) == SIGNATURE
+
+
+# --- the training knobs: one table, pipeline parameter → TrainConfig field ---------------------------------
+
+
+def pipeline_parameters() -> dict:
+    import inspect
+
+    from pipelines.pipeline import training_pipeline
+
+    return dict(inspect.signature(training_pipeline.pipeline_func).parameters)
+
+
+def test_every_training_config_field_is_a_pipeline_knob_or_set_by_the_run() -> None:
+    import dataclasses
+
+    from components.training.config import TrainConfig
+    from components.training.params import PIPELINE_KNOBS, RUN_FIELDS
+
+    knob_fields = list(PIPELINE_KNOBS.values())
+    assert len(knob_fields) == len(set(knob_fields)), "two pipeline parameters feed one field"
+    assert not set(knob_fields) & set(RUN_FIELDS), "a field is both a knob and set by the run"
+    # A new TrainConfig field fails here until it gets a pipeline parameter or a reason in RUN_FIELDS.
+    assert set(knob_fields) | set(RUN_FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_the_pipeline_defaults_and_types_of_every_knob_are_the_training_configs() -> None:
+    import dataclasses
+
+    from components.training.config import TrainConfig
+    from components.training.params import PIPELINE_KNOBS, TRAIN_DEFAULTS
+
+    params = pipeline_parameters()
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, field in PIPELINE_KNOBS.items():
+        assert name in params, f"pipeline parameter {name} (TrainConfig.{field}) is missing"
+        assert params[name].default == getattr(TRAIN_DEFAULTS, field), f"default of pipeline parameter {name}"
+        assert params[name].annotation.__name__ == types[field], f"type of pipeline parameter {name}"
+
+
+def test_the_train_step_takes_every_knob_by_its_field_name_and_defaults_none_of_them() -> None:
+    from components.training.component import train_model
+    from components.training.params import PIPELINE_KNOBS
+
+    inputs = train_model.component_spec.inputs
+    for field in PIPELINE_KNOBS.values():
+        assert field in inputs, f"train step input {field} is missing"
+        # KFP runs the step's source without the table's module, so only the pipeline may hold the default.
+        assert inputs[field].default is None and not inputs[field].optional, f"train step input {field} has a default"
+
+
+def test_knobs_missing_from_the_pipeline_arguments_are_named() -> None:
+    from components.training.params import PIPELINE_KNOBS, knobs_from_pipeline, knobs_from_step
+
+    arguments = {name: 1 for name in PIPELINE_KNOBS if name != "train_prefetch"}
+    with pytest.raises(ValueError, match=re.escape("missing ['train_prefetch']")):
+        knobs_from_pipeline(arguments)
+    with pytest.raises(ValueError, match=re.escape("missing ['mode']")):
+        knobs_from_step({field: 1 for field in PIPELINE_KNOBS.values() if field != "mode"})

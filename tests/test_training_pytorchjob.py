@@ -10,7 +10,6 @@ adapter's conversions from API objects are tested on objects shaped as the API s
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import io
 import os
@@ -28,7 +27,7 @@ from components.training.config import TrainConfig, from_argv
 from components.training.kube import JobExistsError, JobStatus, PodInfo, iter_lines, job_status, pod_info
 from components.training.pytorchjob import MAX_NAME, PyTorchJobSettings, build_pytorchjob, job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_pytorchjob, run_pytorchjob
-from components.training.render import CONFIG_PARAMS, render_pytorchjob
+from components.training.render import render_pytorchjob
 from tests import k8s_schema
 from tests.k8s_schema import SCHEMAS
 
@@ -297,7 +296,8 @@ def pipeline_defaults() -> dict:
 
 def test_render_writes_the_job_the_train_step_would_create_for_the_pipeline_parameters(tmp_path, crd_schema):
     params = {**pipeline_defaults(), "store_uri": BLOB, "epochs": 3, "num_workers": 4, "train_mode": "async", "train_backoff_limit": 5,
-              "train_checkpoint_every": 7, "train_max_staleness": 3, "train_bf16": True}
+              "train_checkpoint_every": 7, "train_max_staleness": 3, "train_bf16": True, "train_augment": "none",
+              "train_loader_workers": 2, "train_prefetch": 4, "train_shuffle_window": 512, "momentum": 0.5}
     path = render_pytorchjob(params, tmp_path / "out")
     text = path.read_text()
     assert path.name == "pytorchjob.yaml" and text.startswith("# The PyTorchJob the train step creates")
@@ -307,22 +307,13 @@ def test_render_writes_the_job_the_train_step_would_create_for_the_pipeline_para
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
     config = from_argv(job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][3:])
     assert (config.epochs, config.mode, config.output_prefix) == (3, "async", "runs/RUN_ID/model")
-    assert (config.checkpoint_every, config.max_staleness, config.bf16) == (7, 3, True)
+    assert (config.checkpoint_every, config.max_staleness, config.bf16, config.momentum) == (7, 3, True, 0.5)
+    assert (config.augment, config.loader_workers, config.prefetch, config.shuffle_window) == ("none", 2, 4, 512)
 
 
-def test_the_pipeline_and_the_train_step_default_to_the_training_configs_values():
-    from components.training.component import train_model
-
-    config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    step = {name: spec.default for name, spec in train_model.component_spec.inputs.items() if spec.default is not None}
-    pipeline = pipeline_defaults()
-    for param, field in CONFIG_PARAMS.items():
-        if param != "epochs":  # the pipeline trains longer: 15 epochs reach the sample's accuracy target
-            assert pipeline[param] == config[field], f"pipeline parameter {param}"
-        if field in step:
-            assert step[field] == config[field], f"train step input {field}"
-
-
-def test_render_knows_every_pipeline_parameter_it_maps():
-    # The mapping mirrors pipelines/pipeline.py's wiring; a renamed pipeline parameter must not slip past it.
-    assert set(CONFIG_PARAMS) | {"store_uri", "train_timeout_s", "train_backoff_limit"} <= set(pipeline_defaults()) | {"store_uri"}
+@pytest.mark.parametrize("dropped", ["train_timeout_s", "train_prefetch"])
+def test_render_refuses_parameters_without_a_launch_setting_or_a_knob(tmp_path, dropped):
+    params = {**pipeline_defaults(), "store_uri": BLOB}
+    del params[dropped]
+    with pytest.raises(ValueError, match=f"expected .*missing \\['{dropped}'\\]"):
+        render_pytorchjob(params, tmp_path / "out")

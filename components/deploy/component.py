@@ -30,10 +30,11 @@ def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, versi
     import json
 
     from components.deploy.step import KServeTarget, deploy
+    from components.store import open_store
 
     kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent)
-    record = deploy(target, store_uri, dataset.metadata["prefix"], model_name, version, model_uri, run_id, serving_port,
-                    local_state_dir, kserve)
+    record = deploy(target, open_store(store_uri), dataset.metadata["prefix"], model_name, version, model_uri, run_id,
+                    serving_port, local_state_dir, kserve)
     with open(endpoint.path, "w") as f:
         json.dump(record, f, indent=2)
     endpoint.metadata.update({"url": record["url"], "version": version})

@@ -9,14 +9,14 @@ from typing import Any
 
 from components.modelfile import METRICS_FILE
 from components.registry import Registry
-from components.store import open_store
+from components.store import Store
 from components.training.worker import HISTORY_FILE
 
 
-def push_model(store_uri: str, model_name: str, model_prefix: str, metrics: dict[str, Any],
+def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[str, Any],
                verdict: dict[str, str], lineage: dict[str, Any]) -> tuple[int, str]:
-    """Copy the model at ``model_prefix`` into the registry with ``metrics.json``; return (version, URI)."""
-    store = open_store(store_uri)
+    """Copy the model at ``model_prefix`` into the registry of the same store, adding ``metrics.json``;
+    return (version, URI)."""
     registry = Registry(store, model_name)
     with tempfile.TemporaryDirectory(prefix="push-") as tmp:
         folder = Path(tmp)

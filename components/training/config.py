@@ -27,7 +27,7 @@ class TrainConfig:
     dataset_prefix: str
     output_prefix: str
     arch: str = SMALL_CNN
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 0.003
@@ -37,13 +37,16 @@ class TrainConfig:
     num_ps: int = 1
     num_workers: int = 2
     mode: str = "sync"
-    augment: bool = True
+    augment: str = "auto"  # a preset of components.presets (auto: chosen from the data set)
     seed: int = 0
     rpc_timeout_s: float = 60.0
     checkpoint_every: int = 100
     checkpoint_prefix: str = ""
     max_staleness: int = 8
     bf16: bool = False
+    loader_workers: int = 0  # DataLoader processes per worker decoding and augmenting batches (0: in the worker)
+    prefetch: int = 2  # batches each loader process prepares ahead
+    shuffle_window: int = 8192  # images shuffled together inside a worker's part of an epoch
 
     def validate(self) -> None:
         checks = [
@@ -56,6 +59,9 @@ class TrainConfig:
             (self.num_ps >= 1, "num_ps >= 1", self.num_ps),
             (self.num_workers >= 1, "num_workers >= 1", self.num_workers),
             (self.rpc_timeout_s > 0, "rpc_timeout_s > 0", self.rpc_timeout_s),
+            (self.loader_workers >= 0, "loader_workers >= 0", self.loader_workers),
+            (self.prefetch >= 1, "prefetch >= 1", self.prefetch),
+            (self.shuffle_window >= 1, "shuffle_window >= 1", self.shuffle_window),
             (self.checkpoint_every >= 0, "checkpoint_every >= 0 (0: only at epoch ends)", self.checkpoint_every),
             # A gradient from one of N workers is usually N-1 updates old when it arrives (each other worker
             # pushed once meanwhile): a smaller bound would drop most gradients.

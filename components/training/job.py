@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from components.store import join_key, open_store
+from components.store import Store, join_key
 from components.training.config import TrainConfig
 from components.training.local import launch_local
 from components.training.pytorchjob_launcher import run_pytorchjob
@@ -38,9 +38,10 @@ class TrainResult:
         return max(self.history, key=lambda e: (e["val_accuracy"], e["epoch"]))
 
 
-def train(config: TrainConfig, launcher: str, timeout_s: float, backoff_limit: int = 3, run_id: str = "") -> TrainResult:
+def train(config: TrainConfig, store: Store, launcher: str, timeout_s: float, backoff_limit: int, run_id: str = "") -> TrainResult:
     """Run the job to completion (raises :class:`TrainingError` if it fails) and read its history.
 
+    ``store``: the open store that ``config.store_uri`` names (the ranks, other processes, open their own).
     ``backoff_limit``: how many times the whole job may be relaunched from its latest checkpoint.
     ``run_id``: the pipeline run, which names the cluster job (``pytorchjob`` only).
     """
@@ -50,5 +51,5 @@ def train(config: TrainConfig, launcher: str, timeout_s: float, backoff_limit: i
         run_pytorchjob(config, run_id, timeout_s, backoff_limit)
     else:
         raise ValueError(f"expected launcher in {LAUNCHERS}, got {launcher!r}")
-    history = json.loads(open_store(config.store_uri).read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
+    history = json.loads(store.read_bytes(join_key(config.output_prefix, HISTORY_FILE)))
     return TrainResult(config.output_prefix, history["epochs"], history["config"])

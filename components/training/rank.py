@@ -26,11 +26,12 @@ import torch.distributed.rpc as rpc
 from components.data.prepare import read_info
 from components.errors import ProjectError
 from components.nets import build_model
-from components.store import open_store
+from components.store import Store, open_store
 from components.training import checkpoint, server
 from components.training.config import TrainConfig, from_argv
+from components.training.input import steps_per_epoch
 from components.training.sharding import ShardLayout, flatten
-from components.training.worker import ps_name, run_worker, steps_per_epoch, worker_name
+from components.training.worker import ps_name, run_worker, worker_name
 
 EXIT_PERMANENT = 1
 EXIT_RETRYABLE = 200
@@ -53,9 +54,9 @@ class RankEnv:
         return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
 
 
-def build_shard(config: TrainConfig, ps_index: int) -> server.ParameterShard:
-    """Shard ``ps_index`` of the seeded model, or its state from the latest complete checkpoint."""
-    info = read_info(config.store_uri, config.dataset_prefix)
+def build_shard(config: TrainConfig, ps_index: int, store: Store) -> server.ParameterShard:
+    """Shard ``ps_index`` of the seeded model, or its state from the latest complete checkpoint in ``store``."""
+    info = read_info(store, config.dataset_prefix)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, info.image_shape[0], len(info.class_names))
     layout = ShardLayout.balanced(model, config.num_ps)
@@ -63,7 +64,6 @@ def build_shard(config: TrainConfig, ps_index: int) -> server.ParameterShard:
     updates = steps_per_epoch(info.counts["train"], config) * (config.num_workers if config.mode == "async" else 1)
     total, warmup = updates * config.epochs, int(updates * config.warmup_epochs)
     shard = server.make_shard(flatten(layout.groups(model)[ps_index]), config, total, max(1, warmup))
-    store = open_store(config.store_uri)
     record = checkpoint.latest(store, config.checkpoint_key, checkpoint.shape_of(config))
     if record is not None:
         shard.load_state(checkpoint.read_part(store, config.checkpoint_key, record, checkpoint.shard_file(ps_index)))
@@ -84,7 +84,8 @@ def run(config: TrainConfig, env: RankEnv) -> None:
         raise SystemExit(f"expected WORLD_SIZE {config.world_size} (num_ps + num_workers), got {env.world_size}")
     is_server = env.rank < config.num_ps
     if is_server:
-        server.install_shard(build_shard(config, env.rank), env.rank, config)
+        store = open_store(config.store_uri)  # this rank's one client: the data set's metadata and the shard's checkpoints
+        server.install_shard(build_shard(config, env.rank, store), env.rank, config, store)
     name = ps_name(env.rank) if is_server else worker_name(env.rank - config.num_ps)
     options = rpc_options(f"tcp://{env.master_addr}:{env.master_port}", config.rpc_timeout_s, config.num_workers)
     rpc.init_rpc(name, rank=env.rank, world_size=env.world_size, rpc_backend_options=options)

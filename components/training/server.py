@@ -38,7 +38,7 @@ import torch
 import torch.distributed.rpc as rpc
 
 from components.errors import TrainingError
-from components.store import join_key, open_store
+from components.store import Store, join_key
 from components.training import checkpoint
 from components.training.config import TrainConfig
 
@@ -236,6 +236,7 @@ class Served:
     shard: ParameterShard
     index: int
     config: TrainConfig
+    store: Store  # where this shard writes its checkpoint parts, opened once for the process
     barrier: CheckpointBarrier
     finished: set[int] = field(default_factory=set)
     last_call: float | None = None
@@ -244,10 +245,10 @@ class Served:
 _served: Served | None = None
 
 
-def install_shard(shard: ParameterShard, index: int, config: TrainConfig) -> None:
-    """Make ``shard`` the one this process serves (call before ``rpc.init_rpc``)."""
+def install_shard(shard: ParameterShard, index: int, config: TrainConfig, store: Store) -> None:
+    """Make ``shard`` the one this process serves, checkpointing into ``store`` (call before ``rpc.init_rpc``)."""
     global _served
-    _served = Served(shard, index, config, CheckpointBarrier(config.num_workers))
+    _served = Served(shard, index, config, store, CheckpointBarrier(config.num_workers))
 
 
 def _current() -> Served:
@@ -272,8 +273,7 @@ def save_checkpoint(step: int, expected_version: int | None) -> str:
     data = served.shard.snapshot()
     if expected_version is not None and served.shard.step != expected_version:
         raise TrainingError(f"ps{served.index}: expected to be at update {expected_version} for checkpoint {step}, found {served.shard.step}")
-    store = open_store(served.config.store_uri)
-    store.write_bytes(join_key(checkpoint.folder(served.config.checkpoint_key, step), checkpoint.shard_file(served.index)), data)
+    served.store.write_bytes(join_key(checkpoint.folder(served.config.checkpoint_key, step), checkpoint.shard_file(served.index)), data)
     return checkpoint.sha256(data)
 
 
