@@ -16,7 +16,7 @@ and error messages show it with those parts removed. The connection string stays
 
 Every write records the object's SHA-256 in the blob metadata (``sha256``) and every read checks it, so a
 blob changed behind the store's back (or corrupted) fails loudly, naming the blob. Large files move in
-blocks and ranges of a few MiB (:class:`BlobSettings`), one at a time; the SDK's exponential retry policy retries transient failures
+blocks and ranges of a few MiB (:class:`BlobSettings`), one at a time per object (many objects move in parallel over one client: :mod:`components.parallel`); the SDK's exponential retry policy retries transient failures
 (timeouts, 5xx, dropped connections). Conditional writes use ``If-None-Match: *`` and ``If-Match: ETAG``;
 each write also records a random ``writeid`` so that a retried request whose first attempt did land is
 recognised as this call's own write rather than reported as a lost race.
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
+import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
@@ -44,6 +45,8 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.pipeline.transport._bigger_block_size_http_adapters import BiggerBlockSizeHTTPAdapter
 from azure.storage.blob import (
     BlobClient,
     BlobProperties,
@@ -52,9 +55,10 @@ from azure.storage.blob import (
     ExponentialRetry,
     StorageErrorCode,
 )
+from urllib3.util.retry import Retry
 
 from components.errors import ConflictError, NotFoundError, StoreError
-from components.store import Store, join_key, validate_key
+from components.store import ObjectInfo, Store, join_key, validate_key
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 HASH_METADATA = "sha256"
@@ -84,6 +88,17 @@ class BlobSettings:
     jitter: float = 0.5
     connection_timeout: int = 20
     read_timeout: int = 120
+    max_connections: int = 64  # kept open per host: parallel reads need more than the SDK's default 10
+
+    def transport(self) -> RequestsTransport:
+        """The SDK's requests transport with a connection pool sized for parallel reads and writes."""
+        session = requests.Session()
+        # As azure-core sets up its own sessions (it retries in its policy, never in urllib3), plus the pool size.
+        adapter = BiggerBlockSizeHTTPAdapter(max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+                                             pool_connections=4, pool_maxsize=self.max_connections)
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, adapter)
+        return RequestsTransport(session=session, session_owner=True)
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`BlobServiceClient` (bounded transfer sizes, the retry policy)."""
@@ -101,6 +116,7 @@ class BlobSettings:
             "max_chunk_get_size": self.download_chunk_size,
             "connection_timeout": self.connection_timeout,
             "read_timeout": self.read_timeout,
+            "transport": self.transport(),
         }
 
 
@@ -259,13 +275,19 @@ class BlobStore(Store):
             return self._blob(key).exists()
 
     def list(self, prefix: str = "") -> list[str]:
+        return list(self.list_info(prefix))
+
+    def list_info(self, prefix: str = "") -> dict[str, ObjectInfo]:
         base = join_key(self.location.prefix, validate_key(prefix) if prefix else "")
         with self._translate("list", prefix or "/"):
-            names = [b.name for b in self._container.list_blobs(name_starts_with=f"{base}/" if base else None)]
-        keys = sorted(self._key(n) for n in names)
-        if not keys and prefix and self.exists(prefix):
-            return [prefix]  # the prefix names one object, as LocalStore.list does for a file
-        return keys
+            found = {self._key(b.name): ObjectInfo(int(b.size), str(b.etag))
+                     for b in self._container.list_blobs(name_starts_with=f"{base}/" if base else None)}
+            if not found and prefix:
+                # The prefix may name one object, as LocalStore.list_info does for a file.
+                props = self._properties(prefix)
+                if props is not None:
+                    found = {prefix: ObjectInfo(int(props.size), str(props.etag))}
+        return dict(sorted(found.items()))
 
     # -- writes ---------------------------------------------------------------------------------
 

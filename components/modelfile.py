@@ -23,12 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from components.errors import ModelFormatError
 from components.nets import build_model
+from components.presets import FIT
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "MANIFEST.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added ``preprocess``; version-1 cards (no field) were made with the same transform
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ModelCard:
     class_names: list[str]
     mean: list[float]
     std: list[float]
+    preprocess: str = FIT  # what a served image goes through (components.presets.fit_image)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,8 +65,10 @@ class ModelCard:
             card = cls(**json.loads(text))
         except (json.JSONDecodeError, TypeError) as exc:
             raise ModelFormatError(f"expected a model card with fields {list(cls.__dataclass_fields__)}: {exc}") from None
-        if card.format_version != FORMAT_VERSION:
-            raise ModelFormatError(f"expected model.json format_version {FORMAT_VERSION}, got {card.format_version}")
+        if card.format_version not in READABLE_VERSIONS:
+            raise ModelFormatError(f"expected model.json format_version in {READABLE_VERSIONS}, got {card.format_version}")
+        if card.preprocess != FIT:
+            raise ModelFormatError(f"expected model.json preprocess {FIT!r} (the transform this code applies), got {card.preprocess!r}")
         if len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
             raise ModelFormatError(f"expected {card.in_channels} mean/std values, got {card.mean} / {card.std}")
         return card

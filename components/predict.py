@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from components.modelfile import ModelCard
-from components.preprocessing import normalize
+from components.presets import normalize
 
 
 @torch.inference_mode()

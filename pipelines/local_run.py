@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from components.data.prepare import load_prepared
+from components.data.prepare import first_examples, read_info
 from components.data.sample import write_sample
 from components.deploy import local as local_server
 from components.registry import Registry
@@ -85,12 +85,12 @@ def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name
     summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None)
     endpoint = local_server.read_state(Path(arguments["local_state_dir"]))
     if verdict["decision"] == "accepted" and endpoint is not None:
-        test = load_prepared(arguments["store_uri"], manifest["lineage"]["dataset_prefix"], ("test",))
-        pixels = test.images["test"][:1]
+        info = read_info(store, manifest["lineage"]["dataset_prefix"])
+        pixels, labels = first_examples(store, info, "test", 1)
         _write_requests(workdir, pixels)
         summary.url = endpoint.url
         summary.prediction = predict_v1(endpoint.url, model_name, pixels)[0]
-        summary.true_label = test.info.class_names[int(test.labels["test"][0])]
+        summary.true_label = info.class_names[int(labels[0])]
     return summary
 
 

@@ -7,12 +7,14 @@ from kfp import dsl, kubernetes
 
 from components.cluster import WORKLOAD_IDENTITY_LABEL
 from components.data.component import prepare_data
+from components.data.prepare import PrepareConfig
 from components.deploy.component import deploy_model
 from components.evaluation.component import evaluate_model
 from components.push.component import push_model
 from components.training.component import train_model
 from components.training.params import TRAIN_DEFAULTS, knobs_from_pipeline
 
+PREPARE_DEFAULTS = PrepareConfig()  # the prepare step's settings default to the one place that defines them
 PIPELINE_NAME = "digits-ps-classifier"
 
 
@@ -32,8 +34,10 @@ def training_pipeline(
     num_ps: int = TRAIN_DEFAULTS.num_ps,
     num_workers: int = TRAIN_DEFAULTS.num_workers,
     seed: int = TRAIN_DEFAULTS.seed,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    val_fraction: float = PREPARE_DEFAULTS.val_fraction,
+    test_fraction: float = PREPARE_DEFAULTS.test_fraction,
+    image_size: int = PREPARE_DEFAULTS.image_size,
+    max_unreadable: int = PREPARE_DEFAULTS.max_unreadable,
     accuracy_threshold: float = 0.95,
     tolerance: float = 0.005,
     launcher: str = "local",
@@ -75,6 +79,8 @@ def training_pipeline(
         seed: Seed of the split, initialisation and data order.
         val_fraction: Fraction of each class for validation.
         test_fraction: Fraction of each class for the test split.
+        image_size: 0 keeps the images' native size (they must share it); S resizes and center-crops every image to SxS.
+        max_unreadable: 0 fails at the first unreadable raw file; N skips and lists up to N of them in the data report.
         accuracy_threshold: Minimum test accuracy to deploy.
         tolerance: Accepted accuracy loss against the production model.
         launcher: Where training ranks run: local (processes inside the training step) or pytorchjob (a Training Operator job on the cluster; needs an Azure Blob store_uri and num_ps=1).
@@ -99,7 +105,8 @@ def training_pipeline(
     """
     knobs = knobs_from_pipeline(locals())  # first statement: locals() is exactly the pipeline's parameters
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    prepared = prepare_data(data_uri=data_uri, store_uri=store_uri, val_fraction=val_fraction,
+    prepared = prepare_data(data_uri=data_uri, store_uri=store_uri, val_fraction=val_fraction, image_size=image_size,
+                            max_unreadable=max_unreadable,
                             test_fraction=test_fraction, seed=seed).set_display_name("prepare data")
     trained = train_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, run_id=run_id, launcher=launcher,
                           timeout_s=train_timeout_s, backoff_limit=train_backoff_limit, **knobs)

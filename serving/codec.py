@@ -12,18 +12,16 @@ Accepted inputs:
 - v2 exactly one input tensor: ``images`` (FP32 ``[N,C,H,W]``) or ``image_bytes`` (BYTES ``[N]``, each
   element a PNG/JPEG: raw bytes over the binary tensor extension, base64 text in JSON).
 
-Encoded images of any size and mode are converted by :func:`components.preprocessing.image_to_array`,
-the function data preparation uses for training images.
+Encoded images of any size and mode are converted by :func:`components.imagefile.decode_fit`, the
+function data preparation uses for training images (resize to cover, center crop: ``model.json``'s ``preprocess``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +30,9 @@ import numpy as np
 import orjson
 from kserve import InferOutput
 from kserve.errors import InvalidInput
-from PIL import Image
 
+from components.imagefile import ImageDecodeError, decode_fit
 from components.modelfile import ModelCard
-from components.preprocessing import image_to_array
 
 PIXELS_INPUT = "images"
 BYTES_INPUT = "image_bytes"
@@ -44,14 +41,9 @@ BYTES = "BYTES"
 INT64 = "INT64"
 OUTPUTS = ("probabilities", "class", "label")
 TOP_K_OUTPUTS = ("top_k_classes", "top_k_probabilities")
-IMAGE_FORMATS = ("PNG", "JPEG")
-# Far above any real photo, far below what would exhaust memory when a small PNG inflates.
-MAX_IMAGE_PIXELS = 50_000_000
 V1_FIELDS = ("instances", "parameters")
 # top_k is ours; binary_data_output is the binary tensor extension's, honoured by KServe's encoder.
 KNOWN_PARAMETERS = ("top_k", "binary_data_output")
-# What PIL raises for bytes that are not a decodable image (it has no single error type).
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -216,23 +208,13 @@ def decode_base64_image(text: Any, spec: ServingSpec, where: str) -> np.ndarray:
 
 
 def decode_image(encoded: bytes, spec: ServingSpec, where: str) -> np.ndarray:
-    """PNG/JPEG bytes of any size and mode as ``float32 [C,H,W]``, converted like training images."""
-    if not encoded:
-        raise InvalidInput(f"{where}: expected a PNG or JPEG image, found 0 bytes")
+    """PNG/JPEG/WebP bytes of any size and mode as ``float32 [C,H,W]``, fitted exactly as data preparation
+    fitted the training images (:func:`components.imagefile.decode_fit`)."""
     try:
-        image = Image.open(io.BytesIO(encoded), formats=IMAGE_FORMATS)
-    except _IMAGE_ERRORS:
-        raise InvalidInput(f"{where}: expected a PNG or JPEG image, found {len(encoded)} bytes that do not decode as either (starting {encoded[:8]!r})") from None
-    with image:
-        # Image.open has read only the header: refuse oversized images before decoding their pixels.
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise InvalidInput(f"{where}: expected at most {MAX_IMAGE_PIXELS} pixels, found a {image.width}x{image.height} image")
-        try:
-            image.load()
-            array = image_to_array(image, spec.channels, (spec.height, spec.width))
-        except _IMAGE_ERRORS as exc:
-            raise InvalidInput(f"{where}: expected a complete {image.format} image, found one that does not decode ({exc})") from None
-    return array.astype(np.float32)
+        pixels, _ = decode_fit(encoded, spec.channels, spec.height, spec.width)
+    except ImageDecodeError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    return pixels.astype(np.float32)
 
 
 def check_pixels(array: np.ndarray, where: str) -> None:

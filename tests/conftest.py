@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.data.prepare import DatasetInfo, SplitConfig, prepare
+from components.data.prepare import DatasetInfo
 from components.data.sample import write_sample
 from components.modelfile import MANIFEST_FILE, METRICS_FILE, ModelCard, build_manifest, save_model
 from components.nets import build_model
 from tests.azurite import azurite, store_uri  # noqa: F401  (the storage fixtures; pytest finds fixtures by name)
+from tests.helpers import prepare_at
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +31,8 @@ def sample_uri(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def prepared(sample_uri, tmp_path_factory) -> DatasetInfo:
-    return prepare(sample_uri, str(tmp_path_factory.mktemp("store")), SplitConfig(seed=0))
+    # Small shards (6 for the training split), so every test that trains or evaluates streams several of them.
+    return prepare_at(sample_uri, str(tmp_path_factory.mktemp("store")), seed=0, shard_bytes=200_000)
 
 
 def make_version_folder(folder: Path, seed: int = 0, card: ModelCard | None = None) -> Path:

@@ -27,3 +27,23 @@ def run_together(*calls: Callable[[], Any]) -> list[Any]:
     for thread in threads:
         thread.join()
     return results
+
+
+def prepare_at(raw_uri: str, store_uri: str, **settings: Any):
+    """Prepare the raw data at ``raw_uri`` into ``store_uri`` (both opened here) with PrepareConfig ``settings``."""
+    from components.data.prepare import PrepareConfig, prepare
+    from components.store import open_store
+
+    return prepare(open_store(raw_uri), open_store(store_uri), PrepareConfig(**settings))
+
+
+def load_split(info, split: str):
+    """Every image of a (small, test-sized) prepared split: ``(uint8 [N,C,H,W], int64 [N])`` in stored order."""
+    import numpy as np
+
+    from components.data.shards import iter_records, temporary_reader
+    from components.store import open_store
+
+    with temporary_reader(open_store(info.store_uri), info.prefix, info.image_shape) as reader:
+        parts = list(iter_records(reader, info.shard_list(split), 1 << 16))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

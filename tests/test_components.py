@@ -9,15 +9,17 @@ from kfp import dsl
 from components.data.component import prepare_data
 
 
-def test_prepare_data_component_writes_metadata_and_description(sample_uri, tmp_path):
+def test_prepare_data_component_writes_metadata_the_index_and_the_data_report(sample_uri, tmp_path):
     dataset = dsl.Dataset(uri=str(tmp_path / "dataset.json"))
+    report = dsl.Markdown(uri=str(tmp_path / "report.md"))
     prepare_data.python_func(data_uri=sample_uri, store_uri=str(tmp_path / "store"), val_fraction=0.1,
-                             test_fraction=0.1, seed=0, dataset=dataset)
+                             test_fraction=0.1, seed=0, image_size=0, max_unreadable=0, dataset=dataset, report=report)
     assert dataset.metadata["counts"] == {"train": 1439, "val": 179, "test": 179}
-    assert len(dataset.metadata["content_hash"]) == 64
-    assert json.loads(dataset.metadata["class_histogram"])["test"]["0"] == 18
+    assert len(dataset.metadata["content_hash"]) == 64 and dataset.metadata["image_shape"] == [1, 28, 28]
     described = json.loads((tmp_path / "dataset.json").read_text())
+    assert described["class_histogram"]["test"]["0"] == 18
     assert (tmp_path / "store" / described["prefix"] / "dataset.json").is_file()
+    assert "| 0 | 142 | 18 | 18 |" in (tmp_path / "report.md").read_text()
 
 
 # Every knob at a value other than its default, so a knob the step drops or misroutes shows.

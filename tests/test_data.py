@@ -9,12 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.idx import encode_idx, parse_idx, read_idx, write_idx_gz
-from components.data.prepare import SplitConfig, load_prepared, prepare, stratified_split
+from components.data.idx import MAX_IDX_BYTES, encode_idx, parse_idx, read_idx, write_idx_gz
+from components.data.prepare import DATASET_FILE, PrepareConfig, stratified_split, write_order
+from components.data.report import data_report
 from components.data.sample import digits_as_mnist
-from components.data.sources import load_raw
+from components.data.sources import open_source
 from components.errors import DataError
 from components.store import LocalStore
+from tests.helpers import load_split, prepare_at
+
+
+def load_raw(store):
+    """Every example of a small raw data set, decoded at its native size: ``(images, labels, source)``."""
+    source = open_source(store)
+    geometry = source.geometry(0)
+    images = np.stack([source.read(i, geometry).pixels for i in range(len(source))])
+    return images, source.labels, source
 
 
 def write_mnist(folder, images, labels, prefix="train", gz=True):
@@ -56,10 +66,10 @@ def test_mnist_folder_loads_all_pairs(tmp_path):
     images, labels = tiny_digits(30)
     write_mnist(tmp_path, images[:20], labels[:20], "train")
     write_mnist(tmp_path, images[20:], labels[20:], "t10k", gz=False)
-    raw = load_raw(LocalStore(tmp_path))
-    assert raw.images.shape == (30, 1, 28, 28)
-    assert raw.source_format == "mnist-idx"
-    assert sorted(raw.labels.tolist()) == sorted(labels.tolist())
+    images_read, labels_read, source = load_raw(LocalStore(tmp_path))
+    assert images_read.shape == (30, 1, 28, 28)
+    assert source.source_format == "mnist-idx"
+    assert sorted(labels_read.tolist()) == sorted(labels.tolist())
 
 
 def test_labels_outside_the_class_range_name_the_file_and_index(tmp_path):
@@ -103,33 +113,81 @@ def test_image_folder_classes_are_sorted_folder_names(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(3):
             (tmp_path / cls / f"{i}.png").write_bytes(png(value=40 * i))
-    raw = load_raw(LocalStore(tmp_path))
-    assert raw.class_names == ["cat", "dog"]
-    assert raw.images.shape == (6, 1, 8, 8)
-    assert raw.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    images, labels, source = load_raw(LocalStore(tmp_path))
+    assert source.class_names == ["cat", "dog"]
+    assert images.shape == (6, 1, 8, 8)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def test_image_folder_with_mixed_sizes_names_the_odd_file(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "1.png").write_bytes(png((8, 8)))
-    (tmp_path / "a" / "2.png").write_bytes(png((9, 8)))
-    with pytest.raises(DataError, match=r"a/2.png: expected 8x8 images like a/1.png, found 9x8"):
-        load_raw(LocalStore(tmp_path))
+def two_classes(tmp_path, per_class=10, size=(8, 8)):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (tmp_path / cls / f"{i}.png").write_bytes(png(size, value=10 * i))
+
+
+def test_an_odd_size_beyond_the_sampled_files_names_the_file_and_the_parameter(tmp_path):
+    two_classes(tmp_path / "raw", per_class=40)
+    (tmp_path / "raw" / "b" / "39.png").write_bytes(png((9, 8)))  # not among the 32 sampled headers
+    with pytest.raises(DataError, match=r"b/39.png: expected 8x8 images like the others .* found 9x8: set image_size=S"):
+        prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"))
+    assert not (tmp_path / "store" / "prepared").exists() or not any((tmp_path / "store" / "prepared").rglob("*.bin"))
 
 
 def test_undecodable_image_is_named(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "1.png").write_bytes(png())
-    (tmp_path / "a" / "2.png").write_bytes(b"definitely not a png")
-    with pytest.raises(DataError, match="a/2.png: expected a PNG or JPEG image"):
-        load_raw(LocalStore(tmp_path))
+    two_classes(tmp_path / "raw")
+    (tmp_path / "raw" / "a" / "2.png").write_bytes(b"definitely not a png")
+    with pytest.raises(DataError, match="a/2.png: expected a PNG, JPEG or WebP image, found 20 bytes that are none of them"):
+        prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header_naming_the_file(tmp_path):
+    two_classes(tmp_path / "raw")
+    # 12000x12000 one-bit PNG: a few KiB of file, 430 MB of RGB once decoded.
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 2**20
+    (tmp_path / "raw" / "a" / "bomb.png").write_bytes(buffer.getvalue())
+    with pytest.raises(DataError, match=r"a/bomb.png: expected at most 50,000,000 pixels, found a 12000x12000 PNG"):
+        prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"), image_size=8)
+
+
+def test_a_huge_file_is_refused_by_its_size_before_it_is_read(tmp_path):
+    two_classes(tmp_path / "raw")
+    with open(tmp_path / "raw" / "a" / "huge.png", "wb") as f:
+        f.truncate(3 * 2**30)  # sparse: 3 GiB that take no disk and would take 3 GiB of memory to read
+    with pytest.raises(DataError, match=r"a/huge.png: expected an image file of at most 256 MiB, found 3072 MiB"):
+        prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"))
+
+
+def test_a_one_class_folder_is_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    for i in range(20):
+        (tmp_path / "only" / f"{i}.png").write_bytes(png())
+    with pytest.raises(DataError, match=r"expected at least 2 class folders .* found \['only'\]"):
+        prepare_at(str(tmp_path), str(tmp_path / "store"))
+
+
+def test_an_idx_file_that_inflates_past_its_header_is_refused_at_the_first_extra_byte(tmp_path):
+    images, labels = tiny_digits(10)
+    bomb = gzip.compress(encode_idx(images) + bytes(64 * 2**20), mtime=0)  # 64 MiB of zeros: ~64 KiB gzipped
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(write_idx_gz(labels))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: padded IDX data, shape \[10, 28, 28\] needs 7840 bytes, found more"):
+        open_source(LocalStore(tmp_path))
+
+
+def test_an_idx_header_declaring_more_than_the_cap_is_refused_before_inflating(tmp_path):
+    header = bytes([0, 0, 8, 3]) + (MAX_IDX_BYTES // (28 * 28) + 1).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    with pytest.raises(DataError, match=r"expected an IDX file of at most 16 GiB of data, found a header declaring"):
+        parse_idx(header, "train-images-idx3-ubyte", 3)
 
 
 def test_split_is_deterministic_disjoint_complete_and_stratified():
     labels = np.repeat(np.arange(10), 50)
-    a = stratified_split(labels, SplitConfig(seed=3))
-    b = stratified_split(labels, SplitConfig(seed=3))
-    c = stratified_split(labels, SplitConfig(seed=4))
+    a = stratified_split(labels, PrepareConfig(seed=3))
+    b = stratified_split(labels, PrepareConfig(seed=3))
+    c = stratified_split(labels, PrepareConfig(seed=4))
     assert all(np.array_equal(a[s], b[s]) for s in a)
     assert not np.array_equal(a["test"], c["test"])
     combined = np.concatenate(list(a.values()))
@@ -137,20 +195,33 @@ def test_split_is_deterministic_disjoint_complete_and_stratified():
     assert np.bincount(labels[a["test"]]).tolist() == [5] * 10
 
 
-def test_prepare_writes_splits_and_metadata(sample_uri, tmp_path):
-    info = prepare(sample_uri, str(tmp_path), SplitConfig())
+def test_prepare_writes_shards_an_index_and_a_report(sample_uri, tmp_path):
+    info = prepare_at(sample_uri, str(tmp_path), shard_bytes=100_000)
     assert info.counts == {"train": 1439, "val": 179, "test": 179}
     assert sum(info.class_histogram["test"].values()) == 179
     assert len(info.content_hash) == 64
-    data = load_prepared(str(tmp_path), info.prefix)
-    assert data.images["train"].shape == (1439, 1, 28, 28)
-    assert data.images["train"].dtype == np.uint8
+    shards = info.shard_list("train")
+    assert len(shards) == 12 and sum(s.count for s in shards) == 1439
+    images, labels = load_split(info, "train")
+    assert images.shape == (1439, 1, 28, 28) and images.dtype == np.uint8
+    # Shards hold a seeded random order of the split, so each one samples every class.
+    assert len(set(labels[: shards[0].count].tolist())) == 10
+    report = data_report(info)
+    assert "| **all** | **1439** | **179** | **179** |" in report and "Exact duplicates across splits: none" in report
+    assert (tmp_path / info.prefix / DATASET_FILE).is_file()
+
+
+def test_the_write_order_is_seeded_and_complete():
+    indices = np.arange(100)
+    assert np.array_equal(write_order(indices, "train", 1), write_order(indices, "train", 1))
+    assert not np.array_equal(write_order(indices, "train", 1), write_order(indices, "train", 2))
+    assert sorted(write_order(indices, "val", 1).tolist()) == list(range(100))
 
 
 def test_prepare_is_idempotent_and_keyed_by_split(sample_uri, tmp_path):
-    first = prepare(sample_uri, str(tmp_path), SplitConfig(seed=1))
-    again = prepare(sample_uri, str(tmp_path), SplitConfig(seed=1))
-    other = prepare(sample_uri, str(tmp_path), SplitConfig(seed=2))
+    first = prepare_at(sample_uri, str(tmp_path), seed=1)
+    again = prepare_at(sample_uri, str(tmp_path), seed=1)
+    other = prepare_at(sample_uri, str(tmp_path), seed=2)
     assert first == again
     assert other.prefix != first.prefix and other.content_hash == first.content_hash
 
@@ -160,7 +231,7 @@ def test_bad_data_writes_nothing_to_the_store(tmp_path):
     labels[3] = 99
     write_mnist(tmp_path / "raw", images, labels)
     with pytest.raises(DataError):
-        prepare(str(tmp_path / "raw"), str(tmp_path / "store"), SplitConfig())
+        prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.prepare import SplitConfig, prepare
 from components.data.sample import write_sample
 from components.data.upload import put_folder
 from components.errors import DataError
 from components.store import open_store
 from pipelines.cli import main
+from tests.helpers import prepare_at
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def test_a_put_data_set_prepares_exactly_like_the_folder_it_came_from(store_uri:
 
     assert (result.files, result.source_format, result.examples, result.image_shape, result.classes) == (4, "mnist-idx", 1797, (1, 28, 28), 10)
     assert sorted(open_store(data_uri).list()) == sorted(p.name for p in sample_folder.iterdir())
-    from_store = prepare(data_uri, str(tmp_path / "a"), SplitConfig())
-    from_folder = prepare(str(sample_folder), str(tmp_path / "b"), SplitConfig())
+    from_store = prepare_at(data_uri, str(tmp_path / "a"))
+    from_folder = prepare_at(str(sample_folder), str(tmp_path / "b"))
     assert from_store.content_hash == from_folder.content_hash
 
 
@@ -93,3 +93,32 @@ def test_the_cli_says_what_it_expected_when_the_folder_is_missing(tmp_path: Path
 
     assert "expected a folder holding MNIST IDX files or an ImageFolder tree, found nothing at" in str(exit_info.value)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_symlink_is_refused_and_nothing_is_uploaded(store_uri: str, tmp_path: Path):
+    source = tmp_path / "shapes"
+    for label in ("circle", "square"):
+        (source / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), "L").save(source / label / f"{i}.png")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((source / "circle" / "0.png").read_bytes())
+    (source / "circle" / "3.png").symlink_to(secret)
+
+    with pytest.raises(DataError, match=r"circle/3.png: expected regular files only, found a symlink to .*secret.png"):
+        put_folder(source, store_uri)
+    assert open_store(store_uri).list() == []
+
+
+def test_a_mixed_size_photo_folder_is_put_and_an_image_bomb_is_refused_first(store_uri: str, tmp_path: Path):
+    source = tmp_path / "photos"
+    for label, size in (("wide", (40, 20)), ("tall", (20, 40))):
+        (source / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", size, (40 * i, 0, 0)).save(source / label / f"{i}.jpg")
+    assert put_folder(source, store_uri).describe().endswith("6 images of mixed sizes (prepare with image_size=S), 2 classes")
+
+    Image.new("1", (12000, 12000)).save(source / "wide" / "bomb.png")
+    with pytest.raises(DataError, match=r"wide/bomb.png: expected at most 50,000,000 pixels"):
+        put_folder(source, f"{store_uri.rstrip('/')}/other")
+    assert open_store(f"{store_uri.rstrip('/')}/other").list() == []

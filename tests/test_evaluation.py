@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.data.prepare import load_prepared
 from components.evaluation.evaluate import ACCEPTED, REJECTED, confusion_matrix, evaluate_model, gate, markdown_report, summarize
+from tests.helpers import load_split
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():
@@ -48,7 +48,7 @@ def test_report_shows_candidate_and_champion_side_by_side():
 
 
 def test_evaluating_a_version_on_the_test_split(version_folder, prepared):
-    test = load_prepared(prepared.store_uri, prepared.prefix, ("test",))
-    result = evaluate_model(version_folder, test.images["test"], test.labels["test"])
+    images, labels = load_split(prepared, "test")
+    result = evaluate_model(version_folder, images, labels)
     assert result.count == 179 and 0.0 <= result.accuracy <= 1.0
     assert np.array(result.confusion).sum() == 179

@@ -20,8 +20,8 @@ import requests
 from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from PIL import Image
 
+from components.imagefile import decode_fit
 from components.modelfile import METRICS_FILE, WEIGHTS_FILE
-from components.preprocessing import image_to_array
 from serving.client import infer_v2, infer_v2_images, model_metadata, predict_v1, predict_v1_images, v2_classes, v2_output
 from tests.conftest import SERVED_MODEL as MODEL
 from tests.conftest import free_port, make_version_folder, start_predictor
@@ -73,8 +73,8 @@ def test_v1_accepts_hw_instances_for_grayscale(predictor):
 @pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "RGB"), ("JPEG", "L")])
 def test_encoded_images_are_converted_by_the_training_preprocessing(predictor, fmt, mode):
     encoded = [encode(photo(seed, mode=mode), fmt) for seed in (1, 2)]
-    # What training would feed the network for these files: components.preprocessing.image_to_array.
-    expected = np.stack([image_to_array(Image.open(io.BytesIO(e)), 1, (28, 28)) for e in encoded]).astype(np.float32)
+    # What data preparation would store for these files: components.imagefile.decode_fit.
+    expected = np.stack([decode_fit(e, 1, 28, 28)[0] for e in encoded]).astype(np.float32)
     reference = v2_probabilities(infer_v2(predictor, MODEL, expected))
     v1 = predict_v1_images(predictor, MODEL, encoded)
     v2 = infer_v2_images(predictor, MODEL, encoded)
@@ -200,11 +200,11 @@ V1_CASES = [
     (v1([[[300.0] * 28] * 28]), "expected pixel values in 0–255, found values from 300 to 300"),
     (v1([[[1e39] * 28] * 28]), "expected pixel values in 0–255"),
     (v1([{"b64": "@@not base64@@"}]), "not base64"),
-    (v1([{"b64": ""}]), "found 0 bytes"),
-    (v1([{"b64": b64(b"hello, world")}]), "expected a PNG or JPEG image"),
-    (v1([{"b64": b64(PNG[:20])}]), "do not decode as either (starting b'\\x89PNG"),
+    (v1([{"b64": ""}]), "found an empty (0-byte) file"),
+    (v1([{"b64": b64(b"hello, world")}]), "expected a PNG, JPEG or WebP image"),
+    (v1([{"b64": b64(PNG[:20])}]), "that are none of them (starting b'\\x89PNG"),
     (v1([{"b64": b64(NOISY_PNG[: len(NOISY_PNG) // 2])}]), "expected a complete PNG image, found one that does not decode"),
-    (v1([{"b64": b64(encode(Image.new("L", (28, 28)), "GIF"))}]), "expected a PNG or JPEG image"),
+    (v1([{"b64": b64(encode(Image.new("L", (28, 28)), "GIF"))}]), "expected a PNG, JPEG or WebP image"),
     (v1([{"image": b64(PNG)}]), 'expected {"b64": "<base64 PNG or JPEG>"}'),
     (v1([{"b64": 12}]), "expected a base64 string"),
     (v1([GOOD], parameters={"top_k": 0}), "expected top_k to be an integer from 1 to 10, found 0"),
@@ -271,7 +271,7 @@ BINARY_CASES = [
     (binary({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}, b"\xff\0\0\0ab"),
      "expected 255 bytes for BYTES element 0, found 2"),
     (binary({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]}, b"\5\0\0\0hello"),
-     "expected a PNG or JPEG image"),
+     "expected a PNG, JPEG or WebP image"),
 ]
 
 
@@ -340,3 +340,30 @@ def test_more_than_one_worker_process_is_refused_not_ignored(tmp_path):
     output = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 2
     assert "expected --workers 1, found 2: run more replicas" in output
+
+
+@pytest.mark.slow
+def test_a_large_photo_is_fitted_exactly_as_preparation_fits_training_images(tmp_path):
+    from components.modelfile import ModelCard
+    from components.presets import FIT
+    from tests.conftest import wait_ready
+
+    card = ModelCard("small_cnn", 3, 32, 32, ["cat", "dog", "owl"], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    folder = make_version_folder(tmp_path / "rgb", card=card)
+    rng = np.random.default_rng(0)
+    photo_bytes = encode(Image.fromarray(rng.integers(0, 256, (2000, 3000, 3), dtype=np.uint8), "RGB"), "JPEG")
+    # What prepare_data would have stored for this file (the predictor must see the same 3x32x32 pixels).
+    expected, _ = decode_fit(photo_bytes, 3, 32, 32)
+    port, log = free_port(), tmp_path / "server.log"
+    proc = start_predictor(str(folder), port, log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        assert model_metadata(url, MODEL)["inputs"][0]["shape"] == [-1, 3, 32, 32]
+        reference = v2_probabilities(infer_v2(url, MODEL, expected[None].astype(np.float32)))
+        np.testing.assert_allclose(v2_probabilities(infer_v2_images(url, MODEL, [photo_bytes])), reference, atol=1e-6)
+        np.testing.assert_allclose(predict_v1_images(url, MODEL, [photo_bytes])[0]["probabilities"], reference[0], atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert json.loads((folder / "model.json").read_text())["preprocess"] == FIT

@@ -8,20 +8,21 @@ from __future__ import annotations
 import io
 import pickle
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from components.data.shards import ShardInfo
 from components.errors import TrainingError
 from components.nets import SmallCNN, build_model
+from components.presets import augment, random_resized_crop_flip, random_shift, resolve_augment
 from components.store import open_store
 from components.training import checkpoint
 from components.training.config import TrainConfig, from_argv, to_argv
+from components.training.input import EpochPlan, step_seed
 from components.training.server import AsyncShard, CheckpointBarrier, SyncShard, make_optimizer, warmup_cosine
 from components.training.sharding import ShardLayout, assign_flat, flatten
-from components.training.worker import batch_indices, random_shift, step_seed
 
 
 def config(**overrides) -> TrainConfig:
@@ -91,13 +92,22 @@ def test_two_workers_with_batch_b_match_one_process_with_batch_2b():
     assert torch.allclose(futures[0].wait()[0], flatten(list(single.parameters())), atol=1e-6)
 
 
-def test_each_worker_reads_its_own_block_of_every_global_batch():
-    cfg = config(num_workers=3, batch_size=4, seed=7)
-    per_worker = [batch_indices(50, epoch=2, worker=w, config=cfg) for w in range(3)]
-    assert all(len(b) == 4 for b in per_worker)  # 50 // 12 steps, the same for every worker
-    seen = np.concatenate([np.concatenate(b) for b in per_worker])
-    assert len(set(seen.tolist())) == len(seen) == 48
-    assert not np.array_equal(np.concatenate(batch_indices(50, 3, 0, cfg)), np.concatenate(per_worker[0]))
+def plan_records(plan: EpochPlan, epoch: int, worker: int) -> list[tuple[int, int]]:
+    return [pair for b in range(plan.steps) for pair in zip(*(a.tolist() for a in plan.batch(epoch, worker, b)))]
+
+
+def test_each_worker_reads_its_own_part_of_every_epoch_and_only_a_share_of_the_shards():
+    shards = [ShardInfo(f"train/shard-{i:05d}.bin", count, 0, "") for i, count in enumerate([10] * 9 + [7])]
+    plan = EpochPlan.of(shards, config(num_workers=3, batch_size=4, seed=7, shuffle_window=8))
+    assert plan.steps == 97 // 12 and plan.window == 8
+    per_worker = [plan_records(plan, 2, w) for w in range(3)]
+    assert all(len(records) == 8 * 4 for records in per_worker)  # the same number of steps for every worker
+    seen = [pair for records in per_worker for pair in records]
+    assert len(set(seen)) == len(seen) == 96  # disjoint
+    assert all(0 <= row < shards[shard].count for shard, row in seen)
+    assert all(len({shard for shard, _ in records}) <= 5 for records in per_worker)  # about a third of the 10 shards each
+    assert plan_records(plan, 3, 0) != per_worker[0]  # another epoch, another order
+    assert plan_records(plan, 2, 0) == per_worker[0]  # a pure function: what resuming relies on
 
 
 def test_step_randomness_depends_only_on_seed_worker_and_step():
@@ -114,6 +124,24 @@ def test_random_shift_keeps_shape_and_pixels():
     assert (shifted.sum(dim=(1, 2, 3)) == 4 * 255).all()
 
 
+def test_the_photo_preset_crops_and_flips_reproducibly_from_its_generator():
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(2, 3, 16, 16)
+    a = random_resized_crop_flip(images, torch.Generator().manual_seed(1))
+    b = random_resized_crop_flip(images, torch.Generator().manual_seed(1))
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(a, random_resized_crop_flip(images, torch.Generator().manual_seed(2)))
+    # Full-area crops with a flip are mirror images: the crop geometry is what the preset says.
+    full = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert all(torch.equal(f, i) or torch.equal(f, i.flip(-1)) for f, i in zip(full, images))
+
+
+def test_auto_augmentation_fits_the_data():
+    assert resolve_augment("auto", 3) == "photos" and resolve_augment("auto", 1) == "digits"
+    assert torch.equal(augment(torch.ones(1, 1, 4, 4, dtype=torch.uint8), "none", torch.Generator()), torch.ones(1, 1, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="expected an augmentation preset in"):
+        resolve_augment("flips", 3)
+
+
 def test_warmup_then_cosine_schedule():
     factor = warmup_cosine(total_steps=100, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
@@ -121,7 +149,7 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_config_survives_the_command_line_round_trip():
-    cfg = config(epochs=3, lr=0.5, augment=False, num_ps=2, mode="async", max_staleness=3, checkpoint_every=7, bf16=True)
+    cfg = config(epochs=3, lr=0.5, augment="none", num_ps=2, mode="async", max_staleness=3, checkpoint_every=7, bf16=True)
     assert from_argv(to_argv(cfg)) == cfg
 
 

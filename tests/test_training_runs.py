@@ -22,7 +22,6 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data.prepare import SplitConfig, load_prepared, prepare
 from components.errors import TrainingError
 from components.modelfile import load_model
 from components.predict import predict_logits
@@ -30,6 +29,7 @@ from components.store import join_key
 from components.training.config import TrainConfig
 from components.training.local import launch_local
 from components.training.worker import HISTORY_FILE
+from tests.helpers import load_split, prepare_at
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,9 @@ def base_config(prepared, name: str, **overrides) -> TrainConfig:
 
 def accuracy_on_test_split(prepared, cfg: TrainConfig) -> float:
     model, card = load_model(Path(cfg.store_uri) / cfg.output_prefix)
-    data = load_prepared(prepared.store_uri, prepared.prefix, ("test",))
-    logits = predict_logits(model, torch.from_numpy(data.images["test"]), card)
-    return float((logits.argmax(1) == torch.from_numpy(data.labels["test"])).float().mean())
+    images, labels = load_split(prepared, "test")
+    logits = predict_logits(model, torch.from_numpy(images), card)
+    return float((logits.argmax(1) == torch.from_numpy(labels)).float().mean())
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def write_colour_folder(root: Path, per_class: int = 30) -> None:
 
 def test_resnet18_with_batchnorm_trains_through_the_parameter_servers_on_rgb_images(tmp_path):
     write_colour_folder(tmp_path / "raw")
-    info = prepare(str(tmp_path / "raw"), str(tmp_path / "store"), SplitConfig(seed=0))
+    info = prepare_at(str(tmp_path / "raw"), str(tmp_path / "store"), seed=0)
     cfg = TrainConfig(store_uri=info.store_uri, dataset_prefix=info.prefix, output_prefix="runs/r18/model", arch="resnet18",
                       epochs=1, batch_size=8, num_ps=2, num_workers=2, bf16=True)
     launch_local(cfg, timeout_s=240, out=io.StringIO())

@@ -1,45 +1,71 @@
-"""Prepare a raw data set for training: validate, split deterministically, write to the store.
+"""Prepare a raw data set for training: validate, split deterministically, write shards, streaming.
 
-The prepared data set is a folder in the store, ``prepared/<digest>/``, holding
-``{train,val,test}-images.npy`` (uint8 [N,C,H,W]), ``{train,val,test}-labels.npy`` (int64 [N]) and
-``dataset.json``. The digest covers the content and the split parameters, so preparing the same data
-the same way twice reuses the folder. ``dataset.json`` is written last: a folder without it is
-incomplete and is rewritten, never read.
+The prepared data set is a folder in the store, ``prepared/<digest>/``: each split as shards of
+fixed-size records (:mod:`components.data.shards`) and ``dataset.json``, the index, written last. A
+folder without ``dataset.json`` is incomplete: it is cleared and rewritten, never read. The digest
+covers the raw listing (every file's key, size and version: the Blob ETag, or a local file's
+modification time) and the preparation settings, so preparing the same data the same way twice
+reuses the folder without reading an image.
+
+Memory does not grow with the data set: the split is decided from the labels alone (the class
+folders of the listing, or the IDX label files), images are read and decoded on a bounded pool of
+threads in split order, each goes straight into a shard on local disk, and what is learnt about the
+data (:class:`components.data.checks.Tally`) is counters and 8 bytes per image.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from components.data.sources import RawDataset, load_raw
+from components.data.checks import Tally
+from components.data.shards import SHARD_BYTES, ShardInfo, ShardWriter, iter_records, temporary_reader
+from components.data.sources import Example, Geometry, RawSource, UnreadableFile, open_source
 from components.errors import DataError
-from components.preprocessing import channel_stats
-from components.store import Store, join_key, open_store
+from components.parallel import bounded_map
+from components.store import Store, join_key
 
 SPLITS = ("train", "val", "test")
 DATASET_FILE = "dataset.json"
+FORMAT_VERSION = 2  # 1: whole splits as .npy files
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class PrepareConfig:
+    """How a raw data set becomes a prepared one. Every field but ``concurrency`` changes the result."""
+
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    image_size: int = 0  # 0: keep the native size (the images must share it); S: resize + center-crop to SxS
+    max_unreadable: int = 0  # 0: the first unreadable file fails; N: skip and list up to N
+    shard_bytes: int = SHARD_BYTES
+    concurrency: int = 16  # files read and decoded at once
 
     def validate(self) -> None:
         for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
             if not 0.0 < value < 0.5:
                 raise DataError(f"expected {name} between 0 and 0.5 (exclusive), got {value}")
+        checks = [(self.image_size == 0 or 8 <= self.image_size <= 4096, "image_size 0 (native) or 8 to 4096", self.image_size),
+                  (self.max_unreadable >= 0, "max_unreadable >= 0", self.max_unreadable),
+                  (self.shard_bytes >= 1, "shard_bytes >= 1", self.shard_bytes),
+                  (1 <= self.concurrency <= 256, "concurrency from 1 to 256", self.concurrency)]
+        for ok, expected, found in checks:
+            if not ok:
+                raise DataError(f"expected {expected}, got {found!r}")
+
+    def digest_fields(self) -> dict:
+        fields = asdict(self)
+        fields.pop("concurrency")
+        return fields
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What ``dataset.json`` records; also the prepare step's artifact metadata."""
+    """What ``dataset.json`` records: the index of the shards and the data checks."""
 
     store_uri: str
     prefix: str
@@ -52,29 +78,30 @@ class DatasetInfo:
     mean: list[float]
     std: list[float]
     split: dict
+    shards: dict[str, list[dict]] = field(default_factory=dict)
+    size_histogram: dict[str, int] = field(default_factory=dict)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    duplicates: dict = field(default_factory=dict)
+    resized: bool = False
+    format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def summary(self) -> dict:
+        """The scalar facts, for KFP artifact metadata (the shard index and lists stay in ``dataset.json``)."""
+        return {"store_uri": self.store_uri, "prefix": self.prefix, "content_hash": self.content_hash,
+                "source_format": self.source_format, "image_shape": self.image_shape, "counts": self.counts,
+                "classes": len(self.class_names), "unreadable": len(self.unreadable),
+                "duplicates_across_splits": self.duplicates.get("across_splits", 0)}
 
-@dataclass
-class PreparedData:
-    info: DatasetInfo
-    images: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
-
-
-def content_hash(raw: RawDataset) -> str:
-    """SHA-256 of the decoded images, labels and class names (independent of file compression)."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(raw.class_names).encode())
-    digest.update(str(raw.images.shape).encode())
-    digest.update(np.ascontiguousarray(raw.images).tobytes())
-    digest.update(raw.labels.astype("<i8").tobytes())
-    return digest.hexdigest()
+    def shard_list(self, split: str) -> list[ShardInfo]:
+        if split not in self.shards:
+            raise DataError(f"expected a {split!r} split in the prepared data set {self.prefix}, found {sorted(self.shards)}")
+        return [ShardInfo(**s) for s in self.shards[split]]
 
 
-def stratified_split(labels: np.ndarray, config: SplitConfig) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, config: PrepareConfig) -> dict[str, np.ndarray]:
     """Seeded, per-class split into train/val/test index arrays (each sorted)."""
     rng = np.random.default_rng(config.seed)
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -88,80 +115,127 @@ def stratified_split(labels: np.ndarray, config: SplitConfig) -> dict[str, np.nd
     return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
-def prepare(data_uri: str, store_uri: str, config: SplitConfig) -> DatasetInfo:
-    """Load and validate the raw data, split it, and write the prepared data set to the store."""
+def write_order(indices: np.ndarray, split: str, seed: int) -> np.ndarray:
+    """The order a split's images go into its shards: seeded random, so every shard is a sample of all classes."""
+    return np.random.default_rng([seed, SPLITS.index(split)]).permutation(indices)
+
+
+def prepare(data: Store, store: Store, config: PrepareConfig) -> DatasetInfo:
+    """Read the raw data set in ``data`` and write it, prepared, to ``store`` (or reuse an earlier preparation)."""
     config.validate()
-    raw = load_raw(open_store(data_uri))
-    _check_enough(raw, config)
-    splits = stratified_split(raw.labels, config)
-    digest_source = f"{content_hash(raw)}:{config.val_fraction}:{config.test_fraction}:{config.seed}"
-    prefix = join_key("prepared", hashlib.sha256(digest_source.encode()).hexdigest()[:16])
-    info = _describe(raw, splits, store_uri, prefix, config)
-    store = open_store(store_uri)
-    if not store.exists(join_key(prefix, DATASET_FILE)):
-        _write(store, prefix, raw, splits, info)
+    source = open_source(data)
+    try:
+        _check_enough(source, config)
+        prefix = dataset_prefix(source, config)
+        if store.exists(join_key(prefix, DATASET_FILE)):
+            return read_info(store, prefix)
+        return _prepare_into(source, store, prefix, config)
+    finally:
+        source.close()
+
+
+def dataset_prefix(source: RawSource, config: PrepareConfig) -> str:
+    """``prepared/<digest>``: the digest of the raw listing and of the settings."""
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, source.source_format, source.fingerprint_items,
+                                        config.digest_fields()]).encode())
+    return join_key("prepared", digest.hexdigest()[:16])
+
+
+def _prepare_into(source: RawSource, store: Store, prefix: str, config: PrepareConfig) -> DatasetInfo:
+    geometry = source.geometry(config.image_size)
+    store.ensure_root()
+    for stale in store.list(prefix):  # an earlier attempt that died before its index
+        store.delete(stale)
+    tally = Tally(source.class_names, geometry.channels)
+    shards: dict[str, list[dict]] = {}
+    try:
+        for split, indices in stratified_split(source.labels, config).items():
+            written = _write_split(source, store, prefix, split, write_order(indices, split, config.seed), geometry, tally, config)
+            shards[split] = [asdict(s) for s in written]
+        info = _describe(source, store, prefix, geometry, tally, shards, config)
+    except BaseException:
+        for key in store.list(prefix):
+            store.delete(key)
+        raise
+    store.write_bytes(join_key(prefix, DATASET_FILE), info.to_json().encode())
     return info
 
 
-def _check_enough(raw: RawDataset, config: SplitConfig) -> None:
-    counts = np.bincount(raw.labels, minlength=len(raw.class_names))
+def _write_split(source: RawSource, store: Store, prefix: str, split: str, order: np.ndarray, geometry: Geometry,
+                 tally: Tally, config: PrepareConfig) -> list[ShardInfo]:
+    writer = ShardWriter(store, prefix, split, geometry.shape, config.shard_bytes)
+    try:
+        for result in bounded_map(lambda i: _read(source, int(i), geometry), order, workers=config.concurrency):
+            if isinstance(result, UnreadableFile):
+                _skip(result, tally, config)
+                continue
+            writer.add(result.label, result.pixels)
+            tally.add(split, result)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _read(source: RawSource, index: int, geometry: Geometry) -> Example | UnreadableFile:
+    try:
+        return source.read(index, geometry)
+    except UnreadableFile as exc:
+        return exc  # returned, not raised: the policy decides, in order, on the main thread
+
+
+def _skip(error: UnreadableFile, tally: Tally, config: PrepareConfig) -> None:
+    if config.max_unreadable == 0:
+        raise DataError(f"{error} (set max_unreadable=N to skip and list up to N unreadable files)")
+    tally.skip(error.key, error.reason)
+    if len(tally.unreadable) > config.max_unreadable:
+        raise DataError(f"found more than max_unreadable={config.max_unreadable} unreadable files; the last: {error}")
+
+
+def _check_enough(source: RawSource, config: PrepareConfig) -> None:
+    counts = np.bincount(source.labels, minlength=len(source.class_names))
     needed = int(np.ceil(1 / min(config.val_fraction, config.test_fraction)))
-    for name, count in zip(raw.class_names, counts):
+    for name, count in zip(source.class_names, counts):
         if count < needed:
             raise DataError(f"class {name!r} has {count} images; expected at least {needed} so every split gets one")
 
 
-def _describe(raw: RawDataset, splits, store_uri: str, prefix: str, config: SplitConfig) -> DatasetInfo:
-    mean, std = channel_stats(raw.images[splits["train"]])
-    histogram = {
-        s: {name: int(n) for name, n in zip(raw.class_names, np.bincount(raw.labels[idx], minlength=len(raw.class_names)))}
-        for s, idx in splits.items()
-    }
+def _describe(source: RawSource, store: Store, prefix: str, geometry: Geometry, tally: Tally,
+              shards: dict[str, list[dict]], config: PrepareConfig) -> DatasetInfo:
+    histogram = tally.histogram()
+    empty = [s for s in SPLITS if sum(histogram.get(s, {}).values()) == 0]
+    if empty:
+        raise DataError(f"expected images in every split, found none left in {empty} after skipping unreadable files")
+    mean, std = tally.stats.result()
     return DatasetInfo(
-        store_uri=store_uri,
-        prefix=prefix,
-        content_hash=content_hash(raw),
-        source_format=raw.source_format,
-        class_names=raw.class_names,
-        image_shape=list(raw.images.shape[1:]),
-        counts={s: int(len(idx)) for s, idx in splits.items()},
-        class_histogram=histogram,
-        mean=mean,
-        std=std,
-        split=asdict(config),
+        store_uri=store.uri, prefix=prefix, content_hash=tally.content_hash(geometry.shape),
+        source_format=source.source_format, class_names=list(source.class_names), image_shape=geometry.shape,
+        counts={s: sum(histogram[s].values()) for s in SPLITS}, class_histogram=histogram, mean=mean, std=std,
+        split=asdict(config), shards=shards, size_histogram=dict(sorted(tally.sizes.items())),
+        unreadable=tally.unreadable, duplicates=tally.duplicates(source.name), resized=geometry.resized,
     )
 
 
-def _write(store: Store, prefix: str, raw: RawDataset, splits, info: DatasetInfo) -> None:
-    for split, idx in splits.items():
-        store.write_bytes(join_key(prefix, f"{split}-images.npy"), _npy(raw.images[idx]))
-        store.write_bytes(join_key(prefix, f"{split}-labels.npy"), _npy(raw.labels[idx]))
-    store.write_bytes(join_key(prefix, DATASET_FILE), info.to_json().encode())
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def load_prepared(store_uri: str, prefix: str, splits: tuple[str, ...] = SPLITS) -> PreparedData:
-    """Read a prepared data set (only the named splits) back from the store."""
-    store = open_store(store_uri)
-    info = read_info(store_uri, prefix)
-    images = {s: _load_npy(store, join_key(prefix, f"{s}-images.npy")) for s in splits}
-    labels = {s: _load_npy(store, join_key(prefix, f"{s}-labels.npy")) for s in splits}
-    return PreparedData(info, images, labels)
-
-
-def read_info(store_uri: str, prefix: str) -> DatasetInfo:
+def read_info(store: Store, prefix: str) -> DatasetInfo:
     """Read ``dataset.json`` of a prepared data set."""
-    store = open_store(store_uri)
     info_key = join_key(prefix, DATASET_FILE)
     if not store.exists(info_key):
-        raise DataError(f"no prepared data set at {store_uri}/{prefix}: {DATASET_FILE} is missing")
-    return DatasetInfo(**json.loads(store.read_bytes(info_key)))
+        raise DataError(f"no prepared data set at {store.uri}/{prefix}: {DATASET_FILE} is missing")
+    fields = json.loads(store.read_bytes(info_key))
+    if fields.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{store.uri}/{info_key}: expected prepared-data format {FORMAT_VERSION}, found "
+                        f"{fields.get('format_version', 1)}: prepare the data set again")
+    return DatasetInfo(**fields)
 
 
-def _load_npy(store: Store, key: str) -> np.ndarray:
-    return np.load(io.BytesIO(store.read_bytes(key)), allow_pickle=False)
+def first_examples(store: Store, info: DatasetInfo, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images of ``split`` in stored order (a seeded random sample): for smoke tests and examples."""
+    pixels, labels, have = [], [], 0
+    with temporary_reader(store, info.prefix, info.image_shape) as reader:
+        for x, y in iter_records(reader, info.shard_list(split), count):
+            pixels.append(x[: count - have])
+            labels.append(y[: count - have])
+            have += len(labels[-1])
+            if have >= count:
+                break
+    return np.concatenate(pixels), np.concatenate(labels)

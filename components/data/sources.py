@@ -1,130 +1,283 @@
-"""Read a raw data set from a store: MNIST IDX files or an ImageFolder tree, detected automatically.
+"""Raw data sets in a store: MNIST IDX files or an ImageFolder tree, detected from one listing.
 
 - MNIST IDX: ``PREFIX-images-idx3-ubyte[.gz]`` with a matching ``PREFIX-labels-idx1-ubyte[.gz]``
   (e.g. ``train-…`` and ``t10k-…``); every pair found is pooled, and the pipeline splits it itself.
-  Classes are the digits ``0``–``9``.
-- ImageFolder: ``<class>/<image>.png|jpg|jpeg``; classes are the folder names, sorted.
+  Classes are the digits ``0``–``9``. Image files are inflated (with a cap) into a local scratch file
+  and read from there, so memory holds one image at a time, not the file.
+- ImageFolder: ``<class>/<image>.png|jpg|jpeg|webp`` in any size and mode; classes are the folder
+  names, sorted (any Unicode name, spaces included). The listing alone gives every label, so the
+  split is decided before one image is read, and images are then read in parallel, in split order.
 
-Every problem raises :class:`DataError` naming the file and saying what was expected.
+:func:`open_source` reads only the listing (and, for IDX, the small label files). Nothing here keeps
+the images: a :class:`RawSource` hands out one decoded example at a time (:meth:`RawSource.read`).
+Every problem with the data set as a whole raises :class:`DataError`; a problem with one file
+raises :class:`UnreadableFile`, which preparation fails on or skips, as its policy says.
 """
 
 from __future__ import annotations
 
-import io
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from components.data.idx import read_idx
+from components.data import idx
 from components.errors import DataError
-from components.preprocessing import image_to_array
-from components.store import Store
+from components.imagefile import SUFFIXES, Header, ImageDecodeError, decode_fit, read_header
+from components.presets import channels_of_mode, fit_image
+from components.store import ObjectInfo, Store
 
 IDX_IMAGES = re.compile(r"^(?P<prefix>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MNIST_CLASSES = [str(d) for d in range(10)]
+MAX_FILE_BYTES = 256 * 2**20  # no image file a classifier trains on is bigger; a bigger one is refused unread
+SAMPLE_FILES = 32  # images whose headers decide the channel count and whether sizes are uniform
+
+
+class UnreadableFile(DataError):
+    """One raw file cannot be used (empty, too big, not an image, truncated…); ``key`` names it."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+@dataclass(frozen=True)
+class Example:
+    """One decoded image: ``pixels`` is ``uint8 [C,H,W]`` at the prepared size."""
+
+    index: int
+    label: int
+    pixels: np.ndarray
+    width: int  # as stored in the raw file
+    height: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What every prepared image becomes: ``channels × height × width``; ``resized`` when fitted to a size."""
+
+    channels: int
+    height: int
+    width: int
+    resized: bool
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.channels, self.height, self.width]
 
 
 @dataclass
-class RawDataset:
-    images: np.ndarray  # uint8 [N, C, H, W]
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]
+class RawSource:
+    """A listed raw data set: labels for every example, and a way to read one example."""
+
+    store: Store
     source_format: str
+    class_names: list[str]
+    labels: np.ndarray  # int64 [N]
+    keys: list[str]  # the file of each example (IDX: the images file, the same for many)
+    fingerprint_items: list[tuple[str, int, str]]  # (key, size, version) of every file read
+    sizes: list[int] = field(default_factory=list)  # ImageFolder: each file's size in bytes, from the listing
+    _idx: list[_IdxFile] = field(default_factory=list)
+    _scratch: tempfile.TemporaryDirectory | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+    def name(self, index: int) -> str:
+        """How a person finds example ``index``: its file, and for IDX its position in the file."""
+        if self.source_format == "mnist-idx":
+            file = self._idx_file(index)
+            return f"{file.images_key}[{index - file.start}]"
+        return self.keys[index]
+
+    def geometry(self, image_size: int) -> Geometry:
+        """The prepared image shape: native when ``image_size`` is 0 (the data must be uniform), else S×S."""
+        if self.source_format == "mnist-idx":
+            h, w = self._idx[0].shape[1:]
+            return Geometry(1, image_size or h, image_size or w, bool(image_size) and (h, w) != (image_size, image_size))
+        headers = [(self.keys[i], h) for i in _spread(len(self.keys), SAMPLE_FILES) if (h := self._header(i)) is not None]
+        if not headers:
+            raise DataError(f"{self.store.uri}: expected readable images, found none among {SAMPLE_FILES} sampled files")
+        channels = 3 if any(channels_of_mode(h.mode) == 3 for _, h in headers) else 1
+        if image_size:
+            return Geometry(channels, image_size, image_size, True)
+        sizes = {(h.width, h.height): key for key, h in headers}
+        if len(sizes) > 1:
+            (w1, h1), k1 = next(iter(sizes.items()))
+            (w2, h2), k2 = list(sizes.items())[1]
+            raise DataError(f"expected images of one size when image_size is 0 (native size), found {k1} {w1}x{h1} and "
+                            f"{k2} {w2}x{h2}: set image_size=S to resize and center-crop every image to SxS")
+        (w, h), _ = next(iter(sizes.items()))
+        return Geometry(channels, h, w, False)
+
+    def read(self, index: int, geometry: Geometry) -> Example:
+        """Decode example ``index`` to ``geometry``; raise :class:`UnreadableFile` naming the file."""
+        if self.source_format == "mnist-idx":
+            return self._read_idx(index, geometry)
+        key = self.keys[index]
+        check_file_size(key, self.sizes[index])
+        data = self.store.read_bytes(key)
+        try:
+            pixels, header = decode_fit(data, geometry.channels, geometry.height, geometry.width)
+        except ImageDecodeError as exc:
+            raise UnreadableFile(key, str(exc)) from None
+        if not geometry.resized and (header.height, header.width) != (geometry.height, geometry.width):
+            raise DataError(f"{key}: expected {geometry.width}x{geometry.height} images like the others when image_size is 0 "
+                            f"(native size), found {header.width}x{header.height}: set image_size=S to resize and "
+                            "center-crop every image to SxS")
+        return Example(index, int(self.labels[index]), pixels, header.width, header.height)
+
+    def _idx_file(self, index: int) -> _IdxFile:
+        return next(f for f in self._idx if f.start <= index < f.start + len(f.labels))
+
+    def _header(self, index: int) -> Header | None:
+        """The header of one file, or ``None`` when it is unreadable (the main pass reports it)."""
+        key = self.keys[index]
+        try:
+            check_file_size(key, self.sizes[index])
+            image, header = read_header(self.store.read_bytes(key))
+        except (UnreadableFile, ImageDecodeError):
+            return None
+        image.close()
+        return header
+
+    def _read_idx(self, index: int, geometry: Geometry) -> Example:
+        file = self._idx_file(index)
+        raw = np.asarray(file.images[index - file.start])
+        pixels = raw[None] if not geometry.resized else fit_image(Image.fromarray(raw, mode="L"), 1, geometry.height, geometry.width)
+        return Example(index, int(self.labels[index]), pixels, raw.shape[1], raw.shape[0])
 
 
-def load_raw(store: Store) -> RawDataset:
-    """Detect the layout of the raw data in ``store`` and load it."""
-    keys = store.list()
-    if not keys:
+@dataclass
+class _IdxFile:
+    images_key: str
+    labels: np.ndarray
+    images: np.ndarray  # a read-only memory map of the inflated images, [n, H, W]
+    start: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.images.shape
+
+
+def open_source(store: Store) -> RawSource:
+    """List ``store``, detect its layout and check it as a whole (nothing is decoded yet)."""
+    listing = store.list_info()
+    if not listing:
         raise DataError(f"no files in {store.uri}: expected MNIST IDX files or an ImageFolder tree (<class>/<image>.png)")
-    if any(IDX_IMAGES.match(k.rsplit("/", 1)[-1]) for k in keys):
-        return _load_mnist(store, keys)
-    image_keys = [k for k in keys if k.lower().endswith(IMAGE_SUFFIXES)]
+    if any(IDX_IMAGES.match(k.rsplit("/", 1)[-1]) for k in listing):
+        return _open_mnist(store, listing)
+    image_keys = {k: v for k, v in listing.items() if k.lower().endswith(SUFFIXES)}
     if image_keys:
-        return _load_image_folder(store, image_keys)
+        return _open_image_folder(store, image_keys)
+    keys = list(listing)
     raise DataError(
         f"{store.uri}: expected MNIST IDX files (train-images-idx3-ubyte[.gz] …) or an ImageFolder tree "
-        f"(<class>/<image>.png|jpg), found {keys[:5]}{' …' if len(keys) > 5 else ''}"
+        f"(<class>/<image>.png|jpg|webp), found {keys[:5]}{' …' if len(keys) > 5 else ''}"
     )
 
 
-def _load_mnist(store: Store, keys: list[str]) -> RawDataset:
-    images, labels = [], []
-    for key in keys:
-        match = IDX_IMAGES.match(key.rsplit("/", 1)[-1])
-        if not match:
-            continue
-        label_key = _matching_labels(key, match, keys)
-        x = read_idx(store.read_bytes(key), key, expected_ndim=3)
-        y = read_idx(store.read_bytes(label_key), label_key, expected_ndim=1)
-        if len(x) != len(y):
-            raise DataError(f"{key} has {len(x)} images but {label_key} has {len(y)} labels")
-        if len(y) and y.max() >= len(MNIST_CLASSES):
-            bad = int(np.argmax(y >= len(MNIST_CLASSES)))
-            raise DataError(f"{label_key}: label {int(y[bad])} at index {bad} is outside the class range 0–9")
-        images.append(x)
-        labels.append(y)
-    _check_same_size(images, [k for k in keys if IDX_IMAGES.match(k.rsplit("/", 1)[-1])])
-    return RawDataset(
-        images=np.concatenate(images)[:, None, :, :],
-        labels=np.concatenate(labels).astype(np.int64),
-        class_names=list(MNIST_CLASSES),
-        source_format="mnist-idx",
-    )
+def check_file_size(key: str, size: int) -> None:
+    """Refuse an image file by its listed size, before reading a byte of it."""
+    if size == 0:
+        raise UnreadableFile(key, "expected a PNG, JPEG or WebP image, found an empty (0-byte) file")
+    if size > MAX_FILE_BYTES:
+        raise UnreadableFile(key, f"expected an image file of at most {MAX_FILE_BYTES // 2**20} MiB, found {size / 2**20:.0f} MiB")
 
 
-def _matching_labels(image_key: str, match: re.Match, keys: list[str]) -> str:
+def _open_image_folder(store: Store, listing: dict[str, ObjectInfo]) -> RawSource:
+    loose = next((k for k in listing if "/" not in k), None)
+    if loose is not None:
+        raise DataError(f"{loose}: expected images inside class folders (<class>/<image>.png), found one at the top level")
+    keys = sorted(listing)
+    class_names = sorted({k.split("/")[-2] for k in keys})
+    if len(class_names) < 2:
+        raise DataError(f"{store.uri}: expected at least 2 class folders (a classifier needs two classes), found {class_names}")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.fromiter((index[k.split("/")[-2]] for k in keys), dtype=np.int64, count=len(keys))
+    fingerprint = [(k, listing[k].size, listing[k].version) for k in keys]
+    return RawSource(store, "imagefolder", class_names, labels, keys, fingerprint, [listing[k].size for k in keys])
+
+
+def _open_mnist(store: Store, listing: dict[str, ObjectInfo]) -> RawSource:
+    scratch = tempfile.TemporaryDirectory(prefix="idx-")
+    try:
+        files, start = [], 0
+        for key in sorted(listing):
+            match = IDX_IMAGES.match(key.rsplit("/", 1)[-1])
+            if match:
+                files.append(_open_idx_pair(store, key, _matching_labels(key, match, listing), start, Path(scratch.name)))
+                start += len(files[-1].labels)
+        _check_same_size(files)
+    except BaseException:
+        scratch.cleanup()
+        raise
+    labels = np.concatenate([f.labels for f in files]).astype(np.int64)
+    keys = [f.images_key for f in files for _ in range(len(f.labels))]
+    used = {k for f in files for k in (f.images_key, _label_key_of(f, listing))}
+    fingerprint = [(k, listing[k].size, listing[k].version) for k in sorted(used)]
+    return RawSource(store, "mnist-idx", list(MNIST_CLASSES), labels, keys, fingerprint, [], files, scratch)
+
+
+def _label_key_of(file: _IdxFile, listing: dict[str, ObjectInfo]) -> str:
+    match = IDX_IMAGES.match(file.images_key.rsplit("/", 1)[-1])
+    return _matching_labels(file.images_key, match, listing)
+
+
+def _open_idx_pair(store: Store, images_key: str, labels_key: str, start: int, scratch: Path) -> _IdxFile:
+    labels = _inflate(store, labels_key, 1, scratch)
+    images = _inflate(store, images_key, 3, scratch)
+    if len(images) != len(labels):
+        raise DataError(f"{images_key} has {len(images)} images but {labels_key} has {len(labels)} labels")
+    if len(labels) and labels.max() >= len(MNIST_CLASSES):
+        bad = int(np.argmax(labels >= len(MNIST_CLASSES)))
+        raise DataError(f"{labels_key}: label {int(labels[bad])} at index {bad} is outside the class range 0–9")
+    return _IdxFile(images_key, np.array(labels), images, start)
+
+
+def _inflate(store: Store, key: str, ndim: int, scratch: Path) -> np.ndarray:
+    """The IDX file ``key`` inflated into ``scratch`` and memory-mapped (read-only)."""
+    source = store.local_path(key)
+    if source is None:
+        source = scratch / f"download-{abs(hash(key))}"
+        store.download_file(key, source)
+    target = scratch / f"inflated-{abs(hash(key))}"
+    with idx.open_payload(source, key) as stream, open(target, "wb") as out:
+        shape = idx.read_header(stream, key, ndim)
+        idx.copy_payload(stream, out, shape, key)
+    if source.parent == scratch:
+        source.unlink()
+    if 0 in shape:
+        return np.zeros(shape, dtype=np.uint8)
+    return np.memmap(target, dtype=np.uint8, mode="r", shape=shape)
+
+
+def _matching_labels(image_key: str, match: re.Match, listing) -> str:
     folder = image_key[: -len(match.group(0))]
     for suffix in (".gz", ""):
         candidate = f"{folder}{match.group('prefix')}-labels-idx1-ubyte{suffix}"
-        if candidate in keys:
+        if candidate in listing:
             return candidate
     raise DataError(f"{image_key} has no labels file: expected {folder}{match.group('prefix')}-labels-idx1-ubyte[.gz]")
 
 
-def _check_same_size(images: list[np.ndarray], names: list[str]) -> None:
-    first = images[0].shape[1:]
-    for array, name in zip(images, names):
-        if array.shape[1:] != first:
-            raise DataError(f"{name}: expected {first[0]}x{first[1]} images like {names[0]}, found {array.shape[1]}x{array.shape[2]}")
+def _check_same_size(files: list[_IdxFile]) -> None:
+    first = files[0]
+    for file in files:
+        if file.shape[1:] != first.shape[1:]:
+            raise DataError(f"{file.images_key}: expected {first.shape[1]}x{first.shape[2]} images like {first.images_key}, "
+                            f"found {file.shape[1]}x{file.shape[2]}")
 
 
-def _load_image_folder(store: Store, keys: list[str]) -> RawDataset:
-    nested = [k for k in keys if k.count("/") >= 1]
-    if len(nested) != len(keys):
-        loose = next(k for k in keys if "/" not in k)
-        raise DataError(f"{loose}: expected images inside class folders (<class>/<image>.png), found one at the top level")
-    class_names = sorted({k.split("/")[-2] for k in keys})
-    first = _decode_image(store, keys[0], None)
-    channels, reference = first.mode_channels, keys[0]
-    arrays, labels = [], []
-    for key in keys:
-        image = first if key == reference else _decode_image(store, key, channels)
-        if image.array.shape != first.array.shape:
-            raise DataError(
-                f"{key}: expected {first.array.shape[2]}x{first.array.shape[1]} images like {reference}, "
-                f"found {image.array.shape[2]}x{image.array.shape[1]}"
-            )
-        arrays.append(image.array)
-        labels.append(class_names.index(key.split("/")[-2]))
-    return RawDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), class_names, "imagefolder")
-
-
-@dataclass
-class _Decoded:
-    array: np.ndarray
-    mode_channels: int
-
-
-def _decode_image(store: Store, key: str, channels: int | None) -> _Decoded:
-    try:
-        with Image.open(io.BytesIO(store.read_bytes(key))) as image:
-            image.load()
-            # The first image fixes the channel count: grayscale stays grayscale, anything else is RGB.
-            wanted = channels or (1 if image.mode in ("L", "1", "I;16", "I") else 3)
-            return _Decoded(image_to_array(image, wanted), wanted)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{key}: expected a PNG or JPEG image, could not decode it ({exc})") from None
+def _spread(length: int, count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over ``range(length)`` (deterministic)."""
+    if length <= count:
+        return list(range(length))
+    return [int(i * length / count) for i in range(count)]

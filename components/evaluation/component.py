@@ -30,8 +30,9 @@ def evaluate_model(dataset: Input[Dataset], model: Input[Model], store_uri: str,
 
     from components.evaluation.evaluate import markdown_report
     from components.evaluation.step import run_evaluation
+    from components.store import open_store
 
-    result = run_evaluation(store_uri, dataset.metadata["prefix"], model.metadata["prefix"], model_name, accuracy_threshold, tolerance)
+    result = run_evaluation(open_store(store_uri), dataset.metadata["prefix"], model.metadata["prefix"], model_name, accuracy_threshold, tolerance)
     metrics.log_metric("accuracy", result.candidate.accuracy)
     if result.champion:
         metrics.log_metric("champion_accuracy", result.champion.accuracy)

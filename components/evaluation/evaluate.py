@@ -6,6 +6,7 @@ exists, must not be worse than it on the same test split by more than a toleranc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,11 +66,23 @@ def summarize(matrix: np.ndarray, class_names: list[str]) -> EvalResult:
     )
 
 
+def evaluate_models(model_dirs: list[Path], batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[EvalResult]:
+    """Score every model version in ``model_dirs`` on the same stream of ``(uint8 [n,C,H,W], labels)`` batches.
+
+    One pass over the data for all of them; memory is one confusion matrix per model.
+    """
+    loaded = [load_model(folder) for folder in model_dirs]
+    matrices = [np.zeros((card.num_classes, card.num_classes), dtype=np.int64) for _, card in loaded]
+    for images, labels in batches:
+        pixels = torch.from_numpy(images)
+        for (model, card), matrix in zip(loaded, matrices):
+            matrix += confusion_matrix(labels, predict_logits(model, pixels, card).argmax(1).numpy(), card.num_classes)
+    return [summarize(matrix, card.class_names) for matrix, (_, card) in zip(matrices, loaded)]
+
+
 def evaluate_model(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> EvalResult:
     """Run the model version in ``model_dir`` on ``uint8 [N,C,H,W]`` images and score it."""
-    model, card = load_model(model_dir)
-    predictions = predict_logits(model, torch.from_numpy(images), card).argmax(1).numpy()
-    return summarize(confusion_matrix(labels, predictions, card.num_classes), card.class_names)
+    return evaluate_models([model_dir], [(images, labels)])[0]
 
 
 def gate(candidate: float, threshold: float, champion: float | None = None, tolerance: float = 0.0) -> Verdict:

@@ -1,4 +1,4 @@
-"""The evaluation step: score the candidate, and the production model on the same test split."""
+"""The evaluation step: score the candidate, and the production model on the same test split, in one pass."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.data.prepare import load_prepared
-from components.evaluation.evaluate import EvalResult, Verdict, evaluate_model, gate
+from components.data.prepare import read_info
+from components.data.shards import iter_records, temporary_reader
+from components.evaluation.evaluate import EvalResult, Verdict, evaluate_models, gate
 from components.registry import Registry
-from components.store import open_store
+from components.store import Store
+
+EVAL_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -28,23 +31,20 @@ class Evaluation:
         }
 
 
-def run_evaluation(store_uri: str, dataset_prefix: str, model_prefix: str, model_name: str,
+def run_evaluation(store: Store, dataset_prefix: str, model_prefix: str, model_name: str,
                    threshold: float, tolerance: float) -> Evaluation:
-    data = load_prepared(store_uri, dataset_prefix, ("test",))
-    images, labels = data.images["test"], data.labels["test"]
-    store = open_store(store_uri)
+    """Stream the test split once through the candidate and (when there is one) the production model."""
+    info = read_info(store, dataset_prefix)
+    registry = Registry(store, model_name)
+    champion_version = registry.production().version
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
-        candidate_dir = Path(tmp, "candidate")
-        store.download_prefix(model_prefix, candidate_dir)
-        candidate = evaluate_model(candidate_dir, images, labels)
-        champion, champion_version = _evaluate_champion(Registry(store, model_name), Path(tmp, "champion"), images, labels)
-    verdict = gate(candidate.accuracy, threshold, champion.accuracy if champion else None, tolerance)
-    return Evaluation(candidate, verdict, champion, champion_version)
-
-
-def _evaluate_champion(registry: Registry, folder: Path, images, labels) -> tuple[EvalResult | None, int | None]:
-    version = registry.production().version
-    if version is None:
-        return None, None
-    registry.download(version, folder)  # verifies hashes: a tampered champion fails loudly
-    return evaluate_model(folder, images, labels), version
+        folders = [Path(tmp, "candidate")]
+        store.download_prefix(model_prefix, folders[0])
+        if champion_version is not None:
+            folders.append(Path(tmp, "champion"))
+            registry.download(champion_version, folders[1])  # verifies hashes: a tampered champion fails loudly
+        with temporary_reader(store, info.prefix, info.image_shape) as reader:
+            results = evaluate_models(folders, iter_records(reader, info.shard_list("test"), EVAL_BATCH))
+    champion = results[1] if champion_version is not None else None
+    verdict = gate(results[0].accuracy, threshold, champion.accuracy if champion else None, tolerance)
+    return Evaluation(results[0], verdict, champion, champion_version)

@@ -1,11 +1,10 @@
 """The worker side: pull parameters, compute gradients on this device, push them, repeat.
 
-Data order: each epoch every worker reads its own slice of the same seeded permutation of the training
-split: at step ``s`` the global batch is ``perm[s·N·B : (s+1)·N·B]`` and worker ``w`` takes the
-``w``-th block of ``B``. The augmentation and dropout randomness of a step is seeded from
-``(seed, worker, global step)``. A worker's whole input is therefore a pure function of the global
-step, which is what a checkpoint records as the data position: a job resumed from step ``s`` sees
-exactly the batches an uninterrupted one would have seen from ``s`` on.
+Data: each worker streams its own part of every epoch from the prepared shards
+(:mod:`components.training.input`); the batch of a step and its augmentation are a pure function of
+``(seed, worker, global step)``, and dropout is seeded the same way. The global step is therefore
+what a checkpoint records as the data position: a job resumed from step ``s`` sees exactly the
+batches an uninterrupted one would have seen from ``s`` on.
 
 Device: CUDA when present (``bf16=True`` adds bfloat16 autocast to the forward pass; parameters,
 gradients and the servers' state stay float32), CPU otherwise. Gradients and parameters travel as one
@@ -32,22 +31,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed.rpc as rpc
 from torch.nn import functional as F
 
-from components.data.prepare import DatasetInfo, load_prepared
+from components.data.prepare import DatasetInfo, read_info
+from components.data.shards import iter_records, temporary_reader
 from components.modelfile import ModelCard, save_model
 from components.nets import build_model
 from components.predict import predict_logits
-from components.preprocessing import normalize
+from components.presets import normalize, resolve_augment
 from components.store import join_key, open_store
 from components.training import checkpoint, server
 from components.training.config import TrainConfig
+from components.training.input import step_seed, steps_per_epoch, train_batches
 from components.training.sharding import ShardLayout, assign_flat, flatten
 
 HISTORY_FILE = "history.json"
+VALIDATION_BATCH = 512
 
 
 def ps_name(index: int) -> str:
@@ -126,37 +127,6 @@ class Progress:
         self.loss_sum, self.correct, self.seen, self.seconds, self.comm_seconds = 0.0, 0, 0, 0.0, 0.0
 
 
-def steps_per_epoch(num_train: int, config: TrainConfig) -> int:
-    steps = num_train // (config.num_workers * config.batch_size)
-    if steps < 1:
-        raise ValueError(
-            f"expected at least {config.num_workers * config.batch_size} training images "
-            f"(num_workers × batch_size), got {num_train}"
-        )
-    return steps
-
-
-def batch_indices(num_train: int, epoch: int, worker: int, config: TrainConfig) -> list[np.ndarray]:
-    """This worker's batches for ``epoch``: its block of every global batch of one seeded permutation."""
-    perm = np.random.default_rng([config.seed, epoch]).permutation(num_train)
-    global_batch = config.num_workers * config.batch_size
-    starts = (s * global_batch + worker * config.batch_size for s in range(steps_per_epoch(num_train, config)))
-    return [perm[start : start + config.batch_size] for start in starts]
-
-
-def step_seed(seed: int, worker: int, step: int) -> int:
-    """The seed of one worker's randomness (augmentation, dropout) at one global step."""
-    return int(np.random.SeedSequence([seed, worker, step]).generate_state(1)[0])
-
-
-def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (zero fill): cheap, label-preserving."""
-    _, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
-
-
 def pick_device(worker: int) -> torch.device:
     """A GPU per worker when there are several on this machine (a pod has one: all use cuda:0), else the CPU."""
     if not torch.cuda.is_available():
@@ -168,7 +138,8 @@ def pick_device(worker: int) -> torch.device:
 
 def model_card(info: DatasetInfo, config: TrainConfig) -> ModelCard:
     channels, height, width = info.image_shape
-    return ModelCard(config.arch, channels, height, width, list(info.class_names), list(info.mean), list(info.std))
+    extra = {"augment": resolve_augment(config.augment, channels), "dataset": info.prefix}
+    return ModelCard(config.arch, channels, height, width, list(info.class_names), list(info.mean), list(info.std), extra=extra)
 
 
 def run_worker(config: TrainConfig, worker: int) -> None:
@@ -181,50 +152,47 @@ class Worker:
 
     def __init__(self, config: TrainConfig, worker: int):
         self.config, self.worker, self.device = config, worker, pick_device(worker)
-        data = load_prepared(config.store_uri, config.dataset_prefix, ("train", "val") if worker == 0 else ("train",))
-        self.card = model_card(data.info, config)
-        self.images, self.labels = torch.from_numpy(data.images["train"]), torch.from_numpy(data.labels["train"])
-        self.val = (data.images.get("val"), data.labels.get("val"))
+        self.store = open_store(config.store_uri)
+        self.info = read_info(self.store, config.dataset_prefix)
+        self.card = model_card(self.info, config)
         torch.manual_seed(config.seed)
         self.model = build_model(config.arch, self.card.in_channels, self.card.num_classes).to(self.device)
         self.remote = RemoteParameters(self.model, ShardLayout.balanced(self.model, config.num_ps), worker)
-        self.steps = steps_per_epoch(len(self.images), config)
+        self.steps = steps_per_epoch(self.info.counts["train"], config)
         self.progress = Progress()
-        self.store = open_store(config.store_uri)
 
     def run(self) -> None:
         self.resume()
         self.remote.pull()
+        batches = train_batches(self.store, self.info, self.config, self.worker, start_step=self.progress.step)
         while self.progress.step < self.steps * self.config.epochs:
             epoch = self.progress.step // self.steps + 1
-            self.train_epoch(epoch, first=self.progress.step % self.steps)
+            self.train_epoch(epoch, batches)
             self.end_epoch(epoch)
+        batches.close()
         if self.worker == 0:
             self.write_model()
         self.remote.finish()
 
-    def train_epoch(self, epoch: int, first: int) -> None:
+    def train_epoch(self, epoch: int, batches) -> None:
         self.model.train()
-        batches = batch_indices(len(self.images), epoch, self.worker, self.config)
         p, every = self.progress, self.config.checkpoint_every
-        for index in range(first, len(batches)):
+        for index in range(p.step % self.steps, self.steps):
             started, comm_before = time.perf_counter(), self.remote.comm_seconds
-            loss_sum, correct = self.train_step(batches[index])
-            p.step, p.loss_sum, p.correct, p.seen = p.step + 1, p.loss_sum + loss_sum, p.correct + correct, p.seen + len(batches[index])
+            x, y = next(batches)
+            loss_sum, correct = self.train_step(x, y)
+            p.step, p.loss_sum, p.correct, p.seen = p.step + 1, p.loss_sum + loss_sum, p.correct + correct, p.seen + len(y)
             p.seconds += time.perf_counter() - started
             p.comm_seconds += self.remote.comm_seconds - comm_before
             if self.worker == 0:
-                _log_progress(epoch, index + 1, len(batches), p.loss_sum / p.seen)
-            if every and p.step % every == 0 and index + 1 < len(batches):
+                _log_progress(epoch, index + 1, self.steps, p.loss_sum / p.seen)
+            if every and p.step % every == 0 and index + 1 < self.steps:
                 self.checkpoint()
 
-    def train_step(self, idx: np.ndarray) -> tuple[float, int]:
-        """One forward/backward pass and one push-pull; returns (summed loss, correct predictions)."""
-        seed = step_seed(self.config.seed, self.worker, self.progress.step)
-        torch.manual_seed(seed)  # dropout
-        x, y = self.images[idx], self.labels[idx].to(self.device, non_blocking=True)
-        if self.config.augment:
-            x = random_shift(x, torch.Generator().manual_seed(seed))
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One forward/backward pass on an (augmented) batch and one push-pull; returns (summed loss, correct)."""
+        torch.manual_seed(step_seed(self.config.seed, self.worker, self.progress.step))  # dropout
+        y = y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             logits = self.model(normalize(x.to(self.device, non_blocking=True), self.card.mean, self.card.std))
         loss = F.cross_entropy(logits.float(), y)
@@ -248,11 +216,16 @@ class Worker:
         self.checkpoint()
 
     def validate(self, stats: EpochStats) -> None:
+        """Loss and accuracy on the validation split, streamed shard by shard."""
         self.model.eval()
-        logits = predict_logits(self.model, torch.from_numpy(self.val[0]), self.card)
-        target = torch.from_numpy(self.val[1])
-        stats.val_loss = float(F.cross_entropy(logits, target))
-        stats.val_accuracy = float((logits.argmax(1) == target).float().mean())
+        loss_sum, correct, count = 0.0, 0, 0
+        with temporary_reader(self.store, self.info.prefix, self.info.image_shape) as reader:
+            for x, y in iter_records(reader, self.info.shard_list("val"), VALIDATION_BATCH):
+                logits, target = predict_logits(self.model, torch.from_numpy(x), self.card), torch.from_numpy(y)
+                loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(1) == target).sum())
+                count += len(y)
+        stats.val_loss, stats.val_accuracy = loss_sum / count, correct / count
         self.model.train()
 
     def checkpoint(self) -> None:

@@ -1,0 +1,93 @@
+"""What preparation learns about a data set while it streams through it, and the report a person reads.
+
+:class:`Tally` sees every example once and keeps only counters and one 8-byte digest per image: class
+counts per split, channel statistics of the training split, an image-size histogram, the unreadable
+files, an order-independent content hash, and the digests that reveal exact duplicates across
+splits (the same picture in train and test makes the test score a memory test). Memory is 8 bytes
+per image plus counters — 8 MB for a million images — and nothing of the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from components.data.sources import Example
+from components.presets import ChannelStats
+
+SIZE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # shorter side, pixels: "<32", "32-63", … , ">=2048"
+DUPLICATES_LISTED = 20
+
+
+def size_bucket(width: int, height: int) -> str:
+    side = min(width, height)
+    if side < SIZE_BUCKETS[0]:
+        return f"<{SIZE_BUCKETS[0]}"
+    for low, high in zip(SIZE_BUCKETS, SIZE_BUCKETS[1:]):
+        if side < high:
+            return f"{low}-{high - 1}"
+    return f">={SIZE_BUCKETS[-1]}"
+
+
+@dataclass
+class Tally:
+    class_names: list[str]
+    channels: int
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    _digests: dict[str, tuple[array, array]] = field(default_factory=dict)
+    _content: int = 0
+
+    def __post_init__(self) -> None:
+        self.stats = ChannelStats(self.channels)
+
+    def add(self, split: str, example: Example) -> None:
+        if split not in self.counts:
+            self.counts[split] = np.zeros(len(self.class_names), dtype=np.int64)
+            self._digests[split] = (array("Q"), array("q"))
+        self.counts[split][example.label] += 1
+        bucket = size_bucket(example.width, example.height)
+        self.sizes[bucket] = self.sizes.get(bucket, 0) + 1
+        pixels = np.ascontiguousarray(example.pixels).data
+        digest = hashlib.sha256(pixels).digest()
+        digests, indices = self._digests[split]
+        digests.append(int.from_bytes(digest[:8], "little"))
+        indices.append(example.index)
+        # Sum modulo 2^256 of per-image hashes: the same images and labels give the same hash in any order.
+        labelled = hashlib.sha256(example.label.to_bytes(4, "little") + digest).digest()
+        self._content = (self._content + int.from_bytes(labelled, "big")) % (1 << 256)
+        if split == "train":
+            self.stats.add(example.pixels)
+
+    def skip(self, key: str, reason: str) -> None:
+        self.unreadable.append({"file": key, "reason": reason})
+
+    def content_hash(self, shape: list[int]) -> str:
+        header = f"{self.class_names}|{shape}|{sum(int(c.sum()) for c in self.counts.values())}|"
+        return hashlib.sha256(header.encode() + self._content.to_bytes(32, "big")).hexdigest()
+
+    def histogram(self) -> dict[str, dict[str, int]]:
+        return {split: {name: int(n) for name, n in zip(self.class_names, counts)} for split, counts in self.counts.items()}
+
+    def duplicates(self, name: Callable[[int], str]) -> dict:
+        """Exact duplicates (the same prepared pixels) of an earlier split's image, up to 20 listed by file."""
+        earlier_d, earlier_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        found: list[dict[str, str]] = []
+        total = 0
+        for split in ("train", "val", "test"):
+            digests, indices = self._digests.get(split, (array("Q"), array("q")))
+            d, i = np.array(digests, dtype=np.uint64), np.array(indices, dtype=np.int64)
+            if len(earlier_d) and len(d):
+                order = np.argsort(earlier_d)
+                pos = np.minimum(np.searchsorted(earlier_d[order], d), len(order) - 1)
+                hits = np.flatnonzero(earlier_d[order][pos] == d)
+                total += len(hits)
+                for h in hits[: max(0, DUPLICATES_LISTED - len(found))]:
+                    found.append({"split": split, "file": name(int(i[h])), "same_as": name(int(earlier_i[order[pos[h]]]))})
+            earlier_d, earlier_i = np.concatenate([earlier_d, d]), np.concatenate([earlier_i, i])
+        return {"across_splits": int(total), "listed": found}
