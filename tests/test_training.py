@@ -168,6 +168,9 @@ def test_async_mode_needs_a_staleness_bound_the_workers_can_meet():
 def test_invalid_config_says_what_was_expected():
     with pytest.raises(ValueError, match=r"expected optimizer in \('sgd', 'adam', 'adamw'\), got 'lbfgs'"):
         config(optimizer="lbfgs").validate()
+    # A misspelt preset fails where the step validates it, not later in the pods.
+    with pytest.raises(ValueError, match=r"expected augment in \('auto', 'none', 'digits', 'photos'\), got 'flip'"):
+        config(augment="flip").validate()
 
 
 def test_training_report_draws_both_curves_and_the_table():

@@ -14,6 +14,7 @@ import posixpath
 from dataclasses import dataclass
 
 from components.nets import ARCHITECTURES, SMALL_CNN
+from components.presets import AUGMENT_PRESETS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MODES = ("sync", "async")
@@ -62,6 +63,7 @@ class TrainConfig:
             (self.loader_workers >= 0, "loader_workers >= 0", self.loader_workers),
             (self.prefetch >= 1, "prefetch >= 1", self.prefetch),
             (self.shuffle_window >= 1, "shuffle_window >= 1", self.shuffle_window),
+            (self.augment in AUGMENT_PRESETS, f"augment in {AUGMENT_PRESETS}", self.augment),
             (self.checkpoint_every >= 0, "checkpoint_every >= 0 (0: only at epoch ends)", self.checkpoint_every),
             # A gradient from one of N workers is usually N-1 updates old when it arrives (each other worker
             # pushed once meanwhile): a smaller bound would drop most gradients.
