@@ -34,12 +34,17 @@ def test_a_put_data_set_prepares_exactly_like_the_folder_it_came_from(store_uri:
     assert from_store.content_hash == from_folder.content_hash
 
 
-def test_an_image_folder_keeps_its_class_folders_and_leaves_hidden_files_behind(store_uri: str, tmp_path: Path):
-    source = tmp_path / "shapes"
+def shapes_folder(source: Path) -> Path:
+    """Two classes of three 8x8 grayscale PNGs."""
     for label in ("circle", "square"):
         (source / label).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), "L").save(source / label / f"{i}.png")
+    return source
+
+
+def test_an_image_folder_keeps_its_class_folders_and_leaves_hidden_files_behind(store_uri: str, tmp_path: Path):
+    source = shapes_folder(tmp_path / "shapes")
     (source / ".DS_Store").write_bytes(b"finder")
 
     result = put_folder(source, store_uri)
@@ -96,11 +101,7 @@ def test_the_cli_says_what_it_expected_when_the_folder_is_missing(tmp_path: Path
 
 
 def test_a_symlink_is_refused_and_nothing_is_uploaded(store_uri: str, tmp_path: Path):
-    source = tmp_path / "shapes"
-    for label in ("circle", "square"):
-        (source / label).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), "L").save(source / label / f"{i}.png")
+    source = shapes_folder(tmp_path / "shapes")
     secret = tmp_path / "secret.png"
     secret.write_bytes((source / "circle" / "0.png").read_bytes())
     (source / "circle" / "3.png").symlink_to(secret)
