@@ -12,7 +12,7 @@ from components.evaluation.evaluate import EvalResult, Verdict, evaluate_models,
 from components.registry import Registry
 from components.store import Store
 
-EVAL_BATCH = 512
+EVAL_BATCH = 128  # images per forward pass: bounds activation memory, whatever the split size
 
 
 @dataclass(frozen=True)

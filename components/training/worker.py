@@ -48,7 +48,7 @@ from components.training.input import step_seed, steps_per_epoch, train_batches
 from components.training.sharding import ShardLayout, assign_flat, flatten
 
 HISTORY_FILE = "history.json"
-VALIDATION_BATCH = 512
+VALIDATION_BATCH = 128  # images per forward pass: bounds activation memory (64x64 RGB at 512 took ~0.5 GiB)
 
 
 def ps_name(index: int) -> str:
