@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.errors import ModelFormatError
-from components.nets import build_model
+from components.nets import ARCHITECTURES, build_model
 from components.presets import FIT
 
 WEIGHTS_FILE = "model.safetensors"
@@ -31,6 +33,12 @@ METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "MANIFEST.json"
 FORMAT_VERSION = 2  # 2 added ``preprocess``; version-1 cards (no field) were made with the same transform
 READABLE_VERSIONS = (1, 2)
+# Bounds on what a card may claim, checked before anything is allocated for it: the largest images data
+# preparation makes (image_size 4096), grayscale to RGBA, and far more classes than any folder tree holds.
+MAX_SIDE = 4096
+MAX_CHANNELS = 4
+MAX_CLASSES = 100_000
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,16 @@ class ModelCard:
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
         try:
-            card = cls(**json.loads(text))
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFormatError(f"expected {CARD_FILE} to be JSON, got {exc}") from None
+        if not isinstance(data, dict) or set(data) - set(cls.__dataclass_fields__):
+            raise ModelFormatError(f"expected {CARD_FILE} to be an object with fields {list(cls.__dataclass_fields__)}, "
+                                   f"got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        check_card_fields(data)
+        try:
+            card = cls(**data)
+        except TypeError as exc:
             raise ModelFormatError(f"expected a model card with fields {list(cls.__dataclass_fields__)}: {exc}") from None
         if card.format_version not in READABLE_VERSIONS:
             raise ModelFormatError(f"expected model.json format_version in {READABLE_VERSIONS}, got {card.format_version}")
@@ -72,6 +88,37 @@ class ModelCard:
         if len(card.mean) != card.in_channels or len(card.std) != card.in_channels:
             raise ModelFormatError(f"expected {card.in_channels} mean/std values, got {card.mean} / {card.std}")
         return card
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def check_card_fields(data: dict[str, Any]) -> None:
+    """Refuse a card whose fields have the wrong type or claim an input no model here has, before the
+    network or a test tensor is built from it (a card claiming 100000x100000 pixels would allocate ~149 GiB)."""
+    checks = [
+        ("arch", data.get("arch") in ARCHITECTURES, f"one of {ARCHITECTURES}"),
+        ("in_channels", _is_int(data.get("in_channels")) and 1 <= data["in_channels"] <= MAX_CHANNELS, f"an integer 1 to {MAX_CHANNELS}"),
+        ("height", _is_int(data.get("height")) and 1 <= data["height"] <= MAX_SIDE, f"an integer 1 to {MAX_SIDE}"),
+        ("width", _is_int(data.get("width")) and 1 <= data["width"] <= MAX_SIDE, f"an integer 1 to {MAX_SIDE}"),
+        ("class_names", isinstance(data.get("class_names"), list) and 1 <= len(data["class_names"]) <= MAX_CLASSES
+         and all(isinstance(n, str) for n in data["class_names"]), f"a list of 1 to {MAX_CLASSES} strings"),
+        ("mean", isinstance(data.get("mean"), list) and all(_is_number(v) for v in data["mean"]), "a list of numbers"),
+        ("std", isinstance(data.get("std"), list) and all(_is_number(v) and v > 0 for v in data["std"]), "a list of positive numbers"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ModelFormatError(f"expected model.json {name} to be {expected}, got {_short(data.get(name))}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def save_model(folder: Path, model: torch.nn.Module, card: ModelCard) -> None:
@@ -118,20 +165,51 @@ def build_manifest(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def verify_manifest(folder: Path) -> dict[str, Any]:
-    """Check every file listed in ``MANIFEST.json`` against its SHA-256; return the manifest."""
+def manifest_digest(data: bytes) -> str:
+    """The SHA-256 of a manifest's exact bytes: what the production pointer records and a pinned URI carries."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
+    """Parse manifest bytes and check their shape: an object whose ``files`` maps plain file names to
+    ``{"sha256": 64 hex digits, "size": bytes}``. ``source`` names the manifest in the one-line refusal."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"expected {source} to be JSON, got {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        found = type(manifest.get("files")).__name__ if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelFormatError(f"expected {source} to be an object with a files mapping, got {found}")
+    for name, entry in manifest["files"].items():
+        if "/" in name or "\\" in name or name in ("", ".", "..", MANIFEST_FILE):
+            raise ModelFormatError(f"expected plain file names in {source}, found {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not SHA256_HEX.fullmatch(entry["sha256"]):
+            raise ModelFormatError(f"expected {source} files.{name} to hold a sha256 of 64 hex digits, got {_short(entry)}")
+    for required in (WEIGHTS_FILE, CARD_FILE):
+        if required not in manifest["files"]:
+            raise ModelFormatError(f"{source} does not list {required}")
+    return manifest
+
+
+def verify_manifest(folder: Path, manifest_sha256: str | None = None, *, where: str | None = None) -> dict[str, Any]:
+    """Check every file listed in ``MANIFEST.json`` against its SHA-256; return the manifest.
+
+    With ``manifest_sha256`` the manifest's own bytes must hash to it too: the manifest is otherwise
+    self-asserted, and a writer who changes a file and its hash together would pass the file checks.
+    ``where`` names the version in refusals when ``folder`` is only a scratch copy of it."""
+    where = where or str(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise ModelFormatError(f"{folder} has no {MANIFEST_FILE}: not a complete model version")
-    manifest = json.loads(path.read_text())
-    for name, entry in manifest.get("files", {}).items():
+        raise ModelFormatError(f"{where} has no {MANIFEST_FILE}: not a complete model version")
+    data = path.read_bytes()
+    if manifest_sha256 is not None and (actual := manifest_digest(data)) != manifest_sha256:
+        raise ModelFormatError(f"{MANIFEST_FILE} in {where} has SHA-256 {actual}, expected {manifest_sha256} (the promoted manifest)")
+    manifest = parse_manifest(data, f"{MANIFEST_FILE} in {where}")
+    for name, entry in manifest["files"].items():
         file = folder / name
         if not file.is_file():
-            raise ModelFormatError(f"{name} is listed in {MANIFEST_FILE} but missing from {folder}")
+            raise ModelFormatError(f"{name} is listed in {MANIFEST_FILE} but missing from {where}")
         actual = sha256_file(file)
         if actual != entry["sha256"]:
-            raise ModelFormatError(f"{name} in {folder} has SHA-256 {actual}, manifest says {entry['sha256']}")
-    for required in (WEIGHTS_FILE, CARD_FILE):
-        if required not in manifest.get("files", {}):
-            raise ModelFormatError(f"{MANIFEST_FILE} in {folder} does not list {required}")
+            raise ModelFormatError(f"{name} in {where} has SHA-256 {actual}, manifest says {entry['sha256']}")
     return manifest

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,18 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import ConflictError, ModelFormatError, NotFoundError, RegistryError, StoreError
-from components.modelfile import MANIFEST_FILE, build_manifest, verify_manifest
+from components.modelfile import MANIFEST_FILE, SHA256_HEX, build_manifest, manifest_digest, parse_manifest, sha256_file, verify_manifest
 from components.store import LocalStore, Store, join_key, open_store
 
 CLAIM_FILE = "CLAIM.json"
 POINTER_FILE = "production.json"
-NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+PIN_MARK = "#manifest-sha256="  # a version URI pinned to one manifest: URI#manifest-sha256=<64 hex digits>
 
 
 def validate_model_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise ``ValueError``."""
     # The name ends up in blob paths and Kubernetes object names: keep it DNS-label safe.
-    if not NAME_PATTERN.match(name):
+    # fullmatch, not match with "$": "$" also matches before a trailing newline ("digits\n" would pass).
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"expected a model name of lowercase letters, digits and '-' (max 63), got {name!r}")
     return name
 
@@ -142,22 +145,44 @@ class Registry:
 
     def manifest(self, version: int) -> dict[str, Any]:
         """The manifest of a complete version; :class:`ModelFormatError` when it has none."""
-        key = join_key(self.version_prefix(version), MANIFEST_FILE)
+        return self._parse_manifest(version, self._manifest_bytes(version))
+
+    def manifest_sha256(self, version: int) -> str:
+        """The SHA-256 of ``version``'s manifest bytes as stored now (what a deployment pins)."""
+        data = self._manifest_bytes(version)
+        self._parse_manifest(version, data)
+        return manifest_digest(data)
+
+    def verify(self, version: int) -> str:
+        """Check every file of ``version`` against its manifest (downloading it); return the manifest's digest."""
+        with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+            self.download(version, Path(tmp))
+            # The digest of the very bytes the files were checked against, not of a second read.
+            return sha256_file(Path(tmp) / MANIFEST_FILE)
+
+    def _manifest_bytes(self, version: int) -> bytes:
         try:
-            return json.loads(self.store.read_bytes(key))
+            return self.store.read_bytes(join_key(self.version_prefix(version), MANIFEST_FILE))
         except NotFoundError:
             # Only a missing manifest means "no such version"; an unreadable or tampered one raises as it is.
             raise ModelFormatError(f"{self.name} has no complete version {version} (no {MANIFEST_FILE}); versions: {self.versions()}") from None
+
+    def _parse_manifest(self, version: int, data: bytes) -> dict[str, Any]:
+        source = f"{MANIFEST_FILE} of {self.name} version {version}"
+        manifest = parse_manifest(data, source)
+        if manifest.get("version") != version or manifest.get("model", self.name) != self.name:
+            # A manifest copied from another version is self-consistent but describes other files.
+            raise ModelFormatError(f"{source} says version {manifest.get('version')!r} of {manifest.get('model')!r}: "
+                                   f"expected version {version} of {self.name!r}")
+        return manifest
 
     def download(self, version: int, dest: Path) -> dict[str, Any]:
         """Download a version into ``dest`` and verify every file's SHA-256; return its manifest."""
         manifest = self.manifest(version)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in [*manifest["files"], MANIFEST_FILE]:
-            if "/" in name or name in (".", ".."):
-                raise ModelFormatError(f"expected plain file names in {self.name} version {version}'s manifest, found {name!r}")
+        for name in [*manifest["files"], MANIFEST_FILE]:  # plain names: checked by parse_manifest
             self.store.download_file(join_key(self.version_prefix(version), name), dest / name)
-        verify_manifest(dest)
+        verify_manifest(dest, where=f"{self.name} version {version} at {self.version_uri(version)}")
         return manifest
 
     # -- pushes that died before their manifest ---------------------------------------------------
@@ -200,9 +225,26 @@ class Registry:
         record = json.loads(found[0])
         return Pointer(record["version"], found[1], record)
 
-    def promote(self, version: int, actor: str, expected: Pointer | None = None, reason: str = "") -> Pointer:
-        """Point production at ``version``; lose with :class:`ConflictError` if the pointer moved since ``expected``."""
-        return self._move_pointer(version, "promote", actor, expected, reason)
+    def promote(self, version: int, actor: str, expected: Pointer | None = None, reason: str = "",
+                manifest_sha256: str | None = None) -> Pointer:
+        """Point production at ``version``; lose with :class:`ConflictError` if the pointer moved since ``expected``.
+
+        Every file is verified first, and the pointer records the manifest's digest. ``manifest_sha256``:
+        the digest the caller deployed; a manifest changed since then refuses the promotion."""
+        return self._move_pointer(version, "promote", actor, expected, reason, manifest_sha256)
+
+    def expect_production(self, version: int | None) -> Pointer:
+        """The pointer, when production is still ``version`` (the champion a gate judged against);
+        :class:`ConflictError` when it moved since, so a candidate is never promoted over a model it was
+        not compared with."""
+        pointer = self.production()
+        if pointer.version != version:
+            raise ConflictError(
+                f"production of {self.name} moved from version {_or_none(version)} (the champion the gate compared "
+                f"the candidate with) to version {pointer.version} (by {pointer.record.get('by', '?')}); the candidate "
+                f"was never compared with version {pointer.version}: re-run the pipeline to evaluate it against that"
+            )
+        return pointer
 
     def rollback(self, actor: str, expected: Pointer | None = None, reason: str = "") -> Pointer:
         """Point production back at the version that was in production before the current one."""
@@ -224,13 +266,17 @@ class Registry:
             records.append(pointer)  # its writer died before recording it; the next change records it
         return records
 
-    def _move_pointer(self, version: int, action: str, actor: str, expected: Pointer | None, reason: str) -> Pointer:
-        self.manifest(version)  # only complete versions can be promoted
+    def _move_pointer(self, version: int, action: str, actor: str, expected: Pointer | None, reason: str,
+                      manifest_sha256: str | None = None) -> Pointer:
+        digest = self.verify(version)  # only complete versions whose every file matches its hash
+        if manifest_sha256 is not None and digest != manifest_sha256:
+            raise ConflictError(f"{MANIFEST_FILE} of {self.name} version {version} has SHA-256 {digest}, expected "
+                                f"{manifest_sha256} (the one deployed): it changed since; nothing promoted")
         current = expected if expected is not None else self.production()
         if current.record.get("change_id"):
             self._append_history(current.record)  # no-op unless the previous writer died before recording it
         record = {"version": version, "previous": current.version, "action": action, "by": actor,
-                  "reason": reason, "at": now_iso(), "change_id": new_change_id()}
+                  "reason": reason, "at": now_iso(), "change_id": new_change_id(), "manifest_sha256": digest}
         try:
             etag = self.store.write_if_match(join_key(self.root, POINTER_FILE), json.dumps(record, indent=2).encode(), current.etag)
         except ConflictError:
@@ -250,14 +296,51 @@ class Registry:
 _VERSION_KEY = re.compile(r"/versions/(\d+)/")
 
 
+def _or_none(version: int | None) -> str:
+    return "none (production was empty)" if version is None else str(version)
+
+
+def pinned_uri(uri: str, manifest_sha256: str) -> str:
+    """``uri`` pinned to one manifest: :func:`materialize` refuses a version whose manifest hashes otherwise."""
+    if not SHA256_HEX.fullmatch(manifest_sha256):
+        raise ValueError(f"expected a manifest SHA-256 of 64 lowercase hex digits, got {manifest_sha256!r}")
+    return f"{uri}{PIN_MARK}{manifest_sha256}"
+
+
+def split_pinned(uri: str) -> tuple[str, str | None]:
+    """``(uri without the pin, manifest digest or None)``."""
+    base, mark, digest = uri.rpartition(PIN_MARK)
+    if not mark:
+        return uri, None
+    if not SHA256_HEX.fullmatch(digest):
+        raise StoreError(f"expected {PIN_MARK}<64 lowercase hex digits> at the end of model URI {uri!r}, got {digest!r}")
+    return base, digest
+
+
 def materialize(uri: str, scratch: Path) -> Path:
     """A local folder holding the model version at ``uri``: the folder itself when it is local,
-    otherwise a download into ``scratch``. Every URI is a store root, so a version URI needs no parsing."""
-    store = open_store(uri)
+    otherwise a download into ``scratch``. Every URI is a store root, so a version URI needs no parsing.
+    A pinned URI (:func:`pinned_uri`) must find exactly that manifest, so its file checks can be trusted."""
+    base, digest = split_pinned(uri)
+    store = open_store(base)
     if isinstance(store, LocalStore):
         if not store.root.is_dir():
-            raise StoreError(f"expected a model version folder at {uri}, found nothing there")
-        return store.root
-    if not store.download_prefix("", scratch):
-        raise StoreError(f"expected model files under {uri}, found none")
-    return scratch
+            raise StoreError(f"expected a model version folder at {base}, found nothing there")
+        folder = store.root
+    elif store.download_prefix("", scratch):
+        folder = scratch
+    else:
+        raise StoreError(f"expected model files under {base}, found none")
+    if digest is not None:
+        check_manifest_digest(folder, digest)
+    return folder
+
+
+def check_manifest_digest(folder: Path, expected: str) -> None:
+    """Refuse ``folder`` unless its ``MANIFEST.json`` bytes hash to ``expected``."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelFormatError(f"{folder} has no {MANIFEST_FILE}: not a complete model version")
+    if (actual := sha256_file(path)) != expected:
+        raise ModelFormatError(f"{MANIFEST_FILE} in {folder} has SHA-256 {actual}, expected {expected} (the promoted manifest)")
+

@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from components.errors import ProjectError
+from components.modelfile import MANIFEST_FILE
 from components.registry import Registry, validate_model_name
 from components.store import open_store
 
@@ -108,6 +109,9 @@ def cmd_show(args: argparse.Namespace) -> None:
         raise ProjectError(f"expected --version N or a production version of {registry.name}, found neither "
                            f"(versions: {registry.versions()})")
     print(json.dumps(registry.manifest(version), indent=2, sort_keys=True))
+    sys.stdout.flush()  # the manifest first, then what its files say about it
+    # A manifest is only as good as the files it lists: check them, so a tampered version is noticed here.
+    print(f"files verified against {MANIFEST_FILE} (its sha256: {registry.verify(version)})", file=sys.stderr)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -117,6 +121,7 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
+    # Registry.promote verifies every file of the version against its hash before it moves the pointer.
     pointer = open_registry(args).promote(args.version, args.actor, reason=args.reason)
     print(f"production of {args.model}: {format_change(pointer.record)}")
 
