@@ -1,4 +1,4 @@
-"""Cluster settings shared by every manifest the project generates (PyTorchJob, InferenceService).
+"""Cluster settings shared by every manifest the project generates (TrainJob, PyTorchJob, InferenceService).
 
 One GPU scheduling profile serves both the training workers and the inference service, so a GPU pool
 that one can reach the other can too. One image reference serves every KFP step and pod.
@@ -61,3 +61,44 @@ class WorkloadIdentity:
 
     def pod_labels(self) -> dict[str, str]:
         return {WORKLOAD_IDENTITY_LABEL: "true"}
+
+
+# The image's user (manifests/docker/Dockerfile: USER 1000:1000). Given as a number so that the kubelet can
+# check runAsNonRoot without reading the image.
+IMAGE_UID = 1000
+TMP_VOLUME = "tmp"
+SHM_VOLUME = "dshm"
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    """The pod-level half of the Kubernetes "restricted" Pod Security Standard."""
+    return {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID, "fsGroup": IMAGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """No privilege escalation, no capabilities, a read-only root filesystem (writes go to the emptyDirs)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """/tmp (HOME of the image's user: caches, temporary files) and /dev/shm, where DataLoader worker processes
+    pass batches (a container's own /dev/shm is 64 MiB, too small for image batches)."""
+    return [{"name": TMP_VOLUME, "emptyDir": {}}, {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+
+
+def scratch_mounts() -> list[dict[str, str]]:
+    return [{"name": TMP_VOLUME, "mountPath": "/tmp"}, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+
+
+# Every training pod of the project carries these; the NetworkPolicy manifests/base/networkpolicy-training.yaml
+# selects them (RPC has no authentication, so only training pods may reach training pods).
+TRAINING_POD_LABELS = {"app.kubernetes.io/part-of": "kfp-ps-classifier", "app.kubernetes.io/component": "training"}
+ISTIO_INJECT = "sidecar.istio.io/inject"
+
+
+def no_sidecar_metadata() -> dict[str, dict[str, str]]:
+    """Istio off: its sidecar would intercept TensorPipe's extra ports. The label is what current Istio reads;
+    the annotation is what older Kubeflow profiles document."""
+    return {"labels": {ISTIO_INJECT: "false"}, "annotations": {ISTIO_INJECT: "false"}}

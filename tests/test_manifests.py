@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from components.cluster import TRAINING_POD_LABELS
 from components.deploy.examples import example_settings, example_text
 from components.deploy.inferenceservice import COMPONENT_LABEL, PART_OF_LABEL
 from tests.k8s_schema import INFERENCE_SERVICE_CRD, requires_schemas, schema_errors
@@ -22,12 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"aks": "kubeflow-user-example-com", "dev": "kubeflow"}  # overlay -> namespace
 RUNNER = {"aks": "default-editor", "dev": "pipeline-runner"}  # the service account KFP runs steps as
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-TRAINING_SELECTOR = {
-    "matchLabels": {"training.kubeflow.org/operator-name": "pytorchjob-controller"},
-    "matchExpressions": [{"key": "training.kubeflow.org/job-name", "operator": "Exists"}],
-}
+TRAINING_SELECTOR = {"matchLabels": TRAINING_POD_LABELS}  # what every TrainJob and PyTorchJob pod carries
 # The runner's whole permission set: (apiGroup, resource) -> verbs. Nothing else may appear.
 ALLOWED_RULES = {
+    ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
     ("serving.kserve.io", "inferenceservices"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},

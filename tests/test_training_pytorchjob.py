@@ -193,7 +193,7 @@ class FakeCluster:
     def list_pods(self, name: str) -> list[PodInfo]:
         return self._snapshot()[1]
 
-    def stream_logs(self, pod_name: str) -> Iterator[str]:
+    def stream_logs(self, pod_name: str, container: str | None = None) -> Iterator[str]:
         uid = next(p.uid for p in self._snapshot()[1] if p.name == pod_name)
         yield from self.logs.get(uid, [])
 

@@ -1,13 +1,15 @@
-"""The little of the Kubernetes API the PyTorchJob launcher needs, behind a small interface.
+"""The little of the Kubernetes API the cluster launchers (PyTorchJob, TrainJob) need, behind a small interface.
 
-:class:`JobClient` is what the launcher's state machine talks to; :class:`KubernetesJobClient` is the
-thin adapter over the official client's ``CustomObjectsApi`` and ``CoreV1Api``. The conversions from
-API objects (:func:`job_status`, :func:`pod_info`, :func:`iter_lines`) are pure functions on plain
-dicts and bytes, so they are tested without a cluster.
+:class:`JobClient` is what the launchers' state machine talks to; :class:`KubernetesJobClient` is the
+thin adapter over the official client's ``CustomObjectsApi`` and ``CoreV1Api``, told by a :class:`JobKind`
+which resource it manages and how that kind's pods are labelled. The conversions from API objects
+(:func:`job_status`, :func:`pod_info`, :func:`iter_lines`) are pure functions on plain dicts and bytes, so
+they are tested without a cluster.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,31 @@ REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 CONTAINER = "pytorch"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 TERMINAL = ("Succeeded", "Failed")
+# JobSet labels every pod of a TrainJob with these (the JobSet has the TrainJob's name).
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job resource and how its pods are found and named."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    job_label: str  # pod label whose value is the job's name
+    replica_labels: tuple[str, str]  # pod labels of replica type and index: together "worker-1", "ps-0"
+    containers: tuple[str, ...]  # the training containers (one per pod)
+    # Condition type → launcher phase, where the kind's words differ (TrainJob says Complete).
+    phases: tuple[tuple[str, str], ...] = ()
+
+
+PYTORCHJOB = JobKind("PyTorchJob", GROUP, VERSION, PLURAL, JOB_NAME_LABEL, (REPLICA_TYPE_LABEL, REPLICA_INDEX_LABEL), (CONTAINER,))
+TRAINJOB = JobKind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", JOBSET_NAME_LABEL,
+                   (REPLICATED_JOB_LABEL, COMPLETION_INDEX_LABEL), ("ps", "node"), (("Complete", "Succeeded"),))
 
 
 class JobExistsError(TrainingError):
@@ -47,6 +74,8 @@ class PodInfo:
     exit_code: int | None = None
     finished_at: str | None = None
     waiting_reason: str = ""
+    container: str = CONTAINER  # the training container, whose log is followed
+    restart_attempt: int = 0  # how many times the job was restarted before this pod was created (JobSet)
 
     @property
     def started(self) -> bool:
@@ -61,33 +90,44 @@ class JobClient(Protocol):
 
     def list_pods(self, name: str) -> list[PodInfo]: ...
 
-    def stream_logs(self, pod: str) -> Iterator[str]:
-        """The pod's log lines from the start, following it until its container stops."""
+    def stream_logs(self, pod: str, container: str | None = None) -> Iterator[str]:
+        """The log lines of the pod's training container from the start, following it until it stops."""
 
     def delete_job(self, name: str) -> None:
         """Delete the job and its pods; no error if it is gone already."""
 
 
-def job_status(job: dict[str, Any]) -> JobStatus:
-    """The phase of a PyTorchJob object: the type of its last condition whose status is True."""
+def job_status(job: dict[str, Any], kind: JobKind = PYTORCHJOB) -> JobStatus:
+    """The phase of a job object: a terminal condition that is True, else the type of its last True condition."""
+    names = dict(kind.phases)
     conditions = [c for c in job.get("status", {}).get("conditions") or [] if c.get("status") == "True"]
+    # A TrainJob's conditions are a map keyed by type, not a history: Created stays True after Complete.
+    terminal = [c for c in conditions if names.get(c.get("type"), c.get("type")) in TERMINAL]
     if not conditions:
         return JobStatus("Pending")
-    last = conditions[-1]
-    return JobStatus(last.get("type", "Unknown"), last.get("message", ""))
+    last = (terminal or conditions)[-1]
+    return JobStatus(names.get(last.get("type"), last.get("type", "Unknown")), last.get("message", ""))
 
 
-def pod_info(pod: dict[str, Any]) -> PodInfo:
+def pod_info(pod: dict[str, Any], kind: JobKind = PYTORCHJOB) -> PodInfo:
     """A pod (as the API serializes it) reduced to what the launcher needs."""
     meta, status = pod["metadata"], pod.get("status", {})
     labels = meta.get("labels", {})
-    replica = f"{labels.get(REPLICA_TYPE_LABEL, '?')}-{labels.get(REPLICA_INDEX_LABEL, '?')}"
-    state = next((c.get("state", {}) for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER), {})
+    replica = f"{labels.get(kind.replica_labels[0], '?')}-{labels.get(kind.replica_labels[1], '?')}"
+    container = next((c for c in status.get("containerStatuses") or [] if c.get("name") in kind.containers), {})
+    state = container.get("state", {})
     terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
     # Why it is not running yet: the container's waiting reason (ImagePullBackOff, …) or the scheduler's (Unschedulable).
     unscheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled" and c.get("status") == "False"), {})
     return PodInfo(meta["name"], meta.get("uid", ""), replica.lower(), status.get("phase", "Unknown"),
-                   terminated.get("exitCode"), terminated.get("finishedAt"), waiting.get("reason") or unscheduled.get("reason", ""))
+                   terminated.get("exitCode"), terminated.get("finishedAt"), waiting.get("reason") or unscheduled.get("reason", ""),
+                   container.get("name") or _pod_container(pod, kind), int(labels.get(RESTART_ATTEMPT_LABEL, 0)))
+
+
+def _pod_container(pod: dict[str, Any], kind: JobKind) -> str:
+    """The training container named in the pod's spec (before any container status exists)."""
+    names = [c.get("name") for c in pod.get("spec", {}).get("containers") or []]
+    return next((n for n in names if n in kind.containers), kind.containers[0])
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
@@ -105,42 +145,50 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[str]:
 def current_namespace() -> str:
     """The namespace this pod runs in (the KFP step's profile namespace)."""
     if not NAMESPACE_FILE.is_file():
-        raise TrainingError(f"expected a namespace for the PyTorchJob: none given and {NAMESPACE_FILE} does not exist (not in a pod)")
+        raise TrainingError(f"expected a namespace for the training job: none given and {NAMESPACE_FILE} does not exist (not in a pod)")
     return NAMESPACE_FILE.read_text().strip()
 
 
 class KubernetesJobClient:
-    """:class:`JobClient` over the official Kubernetes client (in-cluster config, else kubeconfig)."""
+    """:class:`JobClient` over the official Kubernetes client (in-cluster config, else kubeconfig) for one :class:`JobKind`."""
 
-    def __init__(self, namespace: str):
-        from kubernetes import client, config  # imported lazily: only the cluster launcher needs it
+    def __init__(self, namespace: str, kind: JobKind = PYTORCHJOB, api_client: Any = None):
+        """``api_client``: an explicit ``kubernetes.client.ApiClient`` (tests point one at a fake API server)."""
+        from kubernetes import client, config  # imported lazily: only the cluster launchers need it
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.namespace = namespace
-        self.custom, self.core, self.api = client.CustomObjectsApi(), client.CoreV1Api(), client.ApiClient()
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.namespace, self.kind = namespace, kind
+        self.custom, self.core, self.api = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), api_client
         self._api_exception = client.ApiException
+
+    def _resource(self) -> tuple[str, str, str, str]:
+        return self.kind.group, self.kind.version, self.namespace, self.kind.plural
 
     def create_job(self, manifest: dict[str, Any]) -> None:
         try:
             # Strict: the API server rejects unknown fields instead of silently dropping them.
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, manifest, field_validation="Strict")
+            self.custom.create_namespaced_custom_object(*self._resource(), manifest, field_validation="Strict")
         except self._api_exception as error:
             if error.status == 409:
-                raise JobExistsError(f"a PyTorchJob named {manifest['metadata']['name']!r} exists already in {self.namespace}") from None
-            raise
+                raise JobExistsError(f"a {self.kind.kind} named {manifest['metadata']['name']!r} exists already in {self.namespace}") from None
+            raise TrainingError(f"expected the API server to create {self.kind.kind} {manifest['metadata']['name']!r}, "
+                                f"got HTTP {error.status}: {_api_message(error)}") from None
 
     def get_status(self, name: str) -> JobStatus:
-        return job_status(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+        return job_status(self.custom.get_namespaced_custom_object(*self._resource(), name), self.kind)
 
     def list_pods(self, name: str) -> list[PodInfo]:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-        return [pod_info(self.api.sanitize_for_serialization(p)) for p in pods.items]
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{self.kind.job_label}={name}")
+        return [pod_info(self.api.sanitize_for_serialization(p), self.kind) for p in pods.items]
 
-    def stream_logs(self, pod: str) -> Iterator[str]:
-        response = self.core.read_namespaced_pod_log(pod, self.namespace, container=CONTAINER, follow=True, _preload_content=False)
+    def stream_logs(self, pod: str, container: str | None = None) -> Iterator[str]:
+        container = container or self.kind.containers[0]
+        response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True, _preload_content=False)
         try:
             yield from iter_lines(response.stream(amt=65536, decode_content=True))
         finally:
@@ -148,7 +196,15 @@ class KubernetesJobClient:
 
     def delete_job(self, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, propagation_policy="Foreground")
+            self.custom.delete_namespaced_custom_object(*self._resource(), name, propagation_policy="Foreground")
         except self._api_exception as error:
             if error.status != 404:
                 raise
+
+
+def _api_message(error: Any) -> str:
+    """The API server's own message (a Status object's ``message``), else the raw body."""
+    try:
+        return json.loads(error.body).get("message") or str(error.body)
+    except (TypeError, ValueError, AttributeError):
+        return str(error.body or error.reason)

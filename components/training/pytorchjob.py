@@ -25,7 +25,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.cluster import GpuProfile, WorkloadIdentity, project_image
+from components.cluster import (
+    TRAINING_POD_LABELS,
+    GpuProfile,
+    WorkloadIdentity,
+    project_image,
+    restricted_container_security,
+    restricted_pod_security,
+    scratch_mounts,
+    scratch_volumes,
+)
 from components.training.config import TrainConfig, to_argv
 
 API_VERSION = "kubeflow.org/v1"
@@ -73,8 +82,7 @@ def build_pytorchjob(config: TrainConfig, run_id: str, settings: PyTorchJobSetti
         raise ValueError(f"expected num_ps=1 for the pytorchjob launcher (a PyTorchJob has exactly one Master, "
                          f"the parameter server), got {config.num_ps}")
     image = image or project_image()
-    labels = {"app.kubernetes.io/name": "ps-training", "app.kubernetes.io/component": "training",
-              "pipelines.kubeflow.org/run-id": _label_value(run_id)}
+    labels = {"app.kubernetes.io/name": "ps-training", **TRAINING_POD_LABELS, "pipelines.kubeflow.org/run-id": label_value(run_id)}
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -102,7 +110,9 @@ def _pod(config: TrainConfig, settings: PyTorchJobSettings, image: str, labels: 
     identity = WorkloadIdentity(settings.service_account)
     spec: dict[str, Any] = {
         "serviceAccountName": identity.service_account,
+        "securityContext": restricted_pod_security(),
         "containers": [_container(config, settings, image, gpu)],
+        "volumes": scratch_volumes(),
     }
     if gpu:
         spec.update(settings.gpu.pod_spec_fields())
@@ -122,22 +132,26 @@ def _container(config: TrainConfig, settings: PyTorchJobSettings, image: str, gp
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "components.training", *to_argv(config)],
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "TRAIN_THREADS", "value": _whole_cpus(cpu)}],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "TRAIN_THREADS", "value": whole_cpus(cpu)},
+                # TensorPipe would otherwise pick an interface by the hostname's address.
+                {"name": "TP_SOCKET_IFNAME", "value": "eth0"}],
         "resources": {"requests": dict(resources), "limits": {**resources, **(settings.gpu.limits(1) if gpu else {})}},
+        "securityContext": restricted_container_security(),
+        "volumeMounts": scratch_mounts(),
     }
     if not gpu:
         container["ports"] = [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}]
     return container
 
 
-def _whole_cpus(quantity: str) -> str:
+def whole_cpus(quantity: str) -> str:
     """Threads for a CPU quantity (``"4"`` → 4, ``"500m"`` → 1)."""
     if quantity.endswith("m"):
         return str(max(1, int(quantity[:-1]) // 1000))
     return str(max(1, int(float(quantity))))
 
 
-def _label_value(text: str) -> str:
+def label_value(text: str) -> str:
     """A valid label value (≤ 63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
     value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)

@@ -1,4 +1,4 @@
-"""The ``pytorchjob`` launcher: run the training job on the cluster from inside the KFP step.
+"""The ``pytorchjob`` launcher (legacy: Training Operator v1), and the job watch that the ``trainjob`` launcher shares.
 
 The step creates the PyTorchJob under a name unique to the pipeline run (a name that exists already
 is an error, never reused: it is left over from an earlier attempt of the same run), follows the log
@@ -58,7 +58,7 @@ class LogStreams:
                 self._threads.append(thread)
 
     def _pump(self, pod: PodInfo) -> None:
-        for line in self.client.stream_logs(pod.name):
+        for line in self.client.stream_logs(pod.name, pod.container):
             with self._lock:
                 self.tails[pod.replica].append(line)
                 self.out.write(f"[{pod.replica}] {line}\n")
@@ -74,34 +74,40 @@ class LogStreams:
             return list(self.tails.get(replica, ()))
 
 
-def launch_pytorchjob(manifest: dict[str, Any], client: JobClient, timeout_s: float, out: TextIO | None = None,
-                      poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Create the job, stream its logs, and return when it succeeded; raise :class:`TrainingError` otherwise."""
+def launch_job(manifest: dict[str, Any], client: JobClient, timeout_s: float, out: TextIO | None = None, poll_s: float = 5.0,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep, max_restarts: int | None = None) -> None:
+    """Create the job (a PyTorchJob or a TrainJob), stream its logs, and return when it succeeded; raise
+    :class:`TrainingError` otherwise. ``max_restarts``: delete and fail the job once its pods show more
+    whole-job restarts than this (JobSet's ``restart-attempt`` label; the PyTorchJob counts its own)."""
     out = out or sys.stdout
-    name = manifest["metadata"]["name"]
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
     try:
         client.create_job(manifest)
     except JobExistsError as error:
         raise TrainingError(f"{error}. Job names are unique per pipeline run, so it is left over from an earlier attempt of this run: "
-                            f"delete it (kubectl delete pytorchjob {name} -n {manifest['metadata'].get('namespace', '')}) or start a new run") from None
-    _say(out, f"created PyTorchJob {name}")
+                            f"delete it (kubectl delete {kind.lower()} {name} -n {manifest['metadata'].get('namespace', '')}) or start a new run") from None
+    _say(out, f"created {kind} {name}")
     streams = LogStreams(client, out)
     finished = False
     try:
         with _sigterm_cancels():
-            status, pods = _watch(client, name, streams, clock() + timeout_s, timeout_s, poll_s, clock, sleep, out)
+            status, pods = _watch(client, f"{kind} {name}", name, streams, clock() + timeout_s, timeout_s, poll_s, clock, sleep, out, max_restarts)
         finished = True
     finally:
         if not finished:
-            _say(out, f"deleting PyTorchJob {name}")
+            _say(out, f"deleting {kind} {name}")
             client.delete_job(name)
     if status.phase == "Failed":
-        raise TrainingError(failure_message(name, status, pods, streams))
-    _say(out, f"PyTorchJob {name} succeeded")
+        raise TrainingError(failure_message(f"{kind} {name}", status, pods, streams))
+    _say(out, f"{kind} {name} succeeded")
 
 
-def _watch(client: JobClient, name: str, streams: LogStreams, deadline: float, timeout_s: float, poll_s: float,
-           clock: Callable[[], float], sleep: Callable[[float], None], out: TextIO) -> tuple[JobStatus, list[PodInfo]]:
+launch_pytorchjob = launch_job  # the name the PyTorchJob path has always used
+
+
+def _watch(client: JobClient, title: str, name: str, streams: LogStreams, deadline: float, timeout_s: float, poll_s: float,
+           clock: Callable[[], float], sleep: Callable[[float], None], out: TextIO,
+           max_restarts: int | None) -> tuple[JobStatus, list[PodInfo]]:
     seen: dict[str, str] = {}
     while True:
         status, pods = client.get_status(name), client.list_pods(name)
@@ -110,9 +116,13 @@ def _watch(client: JobClient, name: str, streams: LogStreams, deadline: float, t
         if status.phase in TERMINAL:
             streams.join(timeout_s=30)
             return status, pods
+        restarts = max((p.restart_attempt for p in pods), default=0)
+        if max_restarts is not None and restarts > max_restarts:
+            raise TrainingError(f"{title} was restarted {restarts} times, more than the backoff limit {max_restarts}: "
+                                f"{failure_message(title, status, pods, streams)}")
         if clock() > deadline:
             states = ", ".join(f"{p.replica} {p.phase}" for p in sorted(pods, key=lambda p: p.replica)) or "no pods"
-            raise TrainingError(f"PyTorchJob {name} did not finish within {timeout_s:g} s (job {status.phase}; {states})")
+            raise TrainingError(f"{title} did not finish within {timeout_s:g} s (job {status.phase}; {states})")
         sleep(poll_s)
 
 
@@ -126,16 +136,18 @@ def _report_changes(status: JobStatus, pods: list[PodInfo], seen: dict[str, str]
             seen[key] = value
 
 
-def failure_message(name: str, status: JobStatus, pods: list[PodInfo], streams: LogStreams) -> str:
-    """Which replica failed first, with which exit code and what it means, and its last lines."""
+def failure_message(title: str, status: JobStatus, pods: list[PodInfo], streams: LogStreams) -> str:
+    """Which replica failed first, with which exit code and what it means, and its last lines.
+
+    ``title``: the kind and name, e.g. ``TrainJob train-abc``."""
     failed = sorted((p for p in pods if p.exit_code not in (None, 0)), key=lambda p: p.finished_at or "")
     reason = status.message or "no reason given"
     if not failed:
-        return f"PyTorchJob {name} failed: {reason}; no replica reported a failing exit code (kubectl describe pytorchjob {name})"
+        return f"{title} failed: {reason}; no replica reported a failing exit code (kubectl describe {title.lower()})"
     pod = failed[0]
     meaning = "permanent: bad configuration or data" if pod.exit_code < 128 else "retried until the backoff limit ran out"
     tail = "\n".join(f"  {line}" for line in streams.tail(pod.replica)) or "  (no output)"
-    return (f"PyTorchJob {name} failed: {reason}; {pod.replica} (pod {pod.name}) exited with code {pod.exit_code} "
+    return (f"{title} failed: {reason}; {pod.replica} (pod {pod.name}) exited with code {pod.exit_code} "
             f"({meaning}); its last lines:\n{tail}")
 
 
@@ -169,4 +181,4 @@ def run_pytorchjob(config: TrainConfig, run_id: str, timeout_s: float, backoff_l
                             f"pytorchjob launcher: its pods cannot read {config.store_uri!r} on this machine")
     settings = settings or PyTorchJobSettings(namespace=current_namespace())
     manifest = build_pytorchjob(config, run_id, settings, int(timeout_s), backoff_limit)
-    launch_pytorchjob(manifest, client or KubernetesJobClient(settings.namespace), timeout_s, out)
+    launch_job(manifest, client or KubernetesJobClient(settings.namespace), timeout_s, out)
