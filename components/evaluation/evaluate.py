@@ -1,7 +1,9 @@
 """Evaluate a model version on the test split and decide whether it may ship.
 
-The gate: the candidate must reach an absolute accuracy threshold and, when a production model
-exists, must not be worse than it on the same test split by more than a tolerance.
+The gate: the candidate must be a classifier of at least two classes, of the data set's classes; when a
+production model exists it must be like it (the same class names, input shape and preprocessing), since
+accuracies of unlike models on one test split say nothing about which is better; it must reach an absolute
+accuracy threshold and must not be worse than production on the same test split by more than a tolerance.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.modelfile import load_model
+from components.modelfile import ModelCard, load_model
 from components.predict import predict_logits
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
+MIN_CLASSES = 2  # one class scores 1.0 on its own test split and answers the same for every input
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,39 @@ def evaluate_models(model_dirs: list[Path], batches: Iterable[tuple[np.ndarray, 
 def evaluate_model(model_dir: Path, images: np.ndarray, labels: np.ndarray) -> EvalResult:
     """Run the model version in ``model_dir`` on ``uint8 [N,C,H,W]`` images and score it."""
     return evaluate_models([model_dir], [(images, labels)])[0]
+
+
+def refuse_candidate(card: ModelCard, data_class_names: list[str]) -> str | None:
+    """Why the candidate cannot be scored on this data set at all (None: it can)."""
+    if card.num_classes < MIN_CLASSES:
+        return (f"the candidate has {card.num_classes} class(es) {_names(card.class_names)} in model.json class_names; "
+                f"a classifier needs at least {MIN_CLASSES}")
+    if card.class_names != list(data_class_names):
+        return f"the candidate's class names {_names(card.class_names)} differ from the data set's {_names(data_class_names)}"
+    return None
+
+
+def compare_cards(candidate: ModelCard, champion: ModelCard) -> list[str]:
+    """Each way the candidate differs from production in what it takes in and what it answers."""
+    differences = []
+    if candidate.class_names != champion.class_names:
+        differences.append(f"class names {_names(candidate.class_names)} differ from production's {_names(champion.class_names)}")
+    if candidate.input_shape != champion.input_shape:
+        differences.append(f"input shape {candidate.input_shape} differs from production's {champion.input_shape}")
+    if candidate.preprocess != champion.preprocess:
+        differences.append(f"preprocess {candidate.preprocess!r} differs from production's {champion.preprocess!r}")
+    return differences
+
+
+def unlike_verdict(differences: list[str], champion_version: int) -> Verdict:
+    """The rejection of a candidate that is not comparable with production."""
+    return Verdict(REJECTED, f"the candidate is not like production version {champion_version}: " + "; ".join(differences)
+                   + " (promote a different kind of model by hand: python -m pipelines registry promote)")
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+    return f"[{shown}]"
 
 
 def gate(candidate: float, threshold: float, champion: float | None = None, tolerance: float = 0.0) -> Verdict:

@@ -6,9 +6,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from components.data.prepare import read_info
 from components.data.shards import iter_records, temporary_reader
-from components.evaluation.evaluate import EvalResult, Verdict, evaluate_models, gate
+from components.evaluation.evaluate import (
+    REJECTED,
+    EvalResult,
+    Verdict,
+    compare_cards,
+    evaluate_models,
+    gate,
+    refuse_candidate,
+    summarize,
+    unlike_verdict,
+)
+from components.modelfile import ModelCard, load_card
 from components.registry import Registry
 from components.store import Store
 
@@ -33,18 +46,41 @@ class Evaluation:
 
 def run_evaluation(store: Store, dataset_prefix: str, model_prefix: str, model_name: str,
                    threshold: float, tolerance: float) -> Evaluation:
-    """Stream the test split once through the candidate and (when there is one) the production model."""
+    """Stream the test split once through the candidate and (when there is one, and it is like the candidate)
+    the production model. ``champion_version`` is the production version read here: the deploy step promotes
+    only while production is still that version."""
     info = read_info(store, dataset_prefix)
     registry = Registry(store, model_name)
     champion_version = registry.production().version
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
         folders = [Path(tmp, "candidate")]
         store.download_prefix(model_prefix, folders[0])
-        if champion_version is not None:
-            folders.append(Path(tmp, "champion"))
-            registry.download(champion_version, folders[1])  # verifies hashes: a tampered champion fails loudly
+        candidate = load_card(folders[0])
+        if refusal := refuse_candidate(candidate, info.class_names):
+            return Evaluation(unscored(candidate), Verdict(REJECTED, refusal), None, champion_version)
+        differences = _champion_differences(registry, champion_version, candidate, Path(tmp, "champion"), folders)
         with temporary_reader(store, info.prefix, info.image_shape) as reader:
             results = evaluate_models(folders, iter_records(reader, info.shard_list("test"), EVAL_BATCH))
-    champion = results[1] if champion_version is not None else None
+    if differences:
+        return Evaluation(results[0], unlike_verdict(differences, champion_version), None, champion_version)
+    champion = results[1] if len(results) > 1 else None
     verdict = gate(results[0].accuracy, threshold, champion.accuracy if champion else None, tolerance)
     return Evaluation(results[0], verdict, champion, champion_version)
+
+
+def _champion_differences(registry: Registry, version: int | None, candidate: ModelCard, folder: Path,
+                          folders: list[Path]) -> list[str]:
+    """Download the champion (hashes verified) and add it to ``folders`` when it is like the candidate;
+    return how it differs otherwise (an unlike champion is not scored: it may not even take these images)."""
+    if version is None:
+        return []
+    registry.download(version, folder)  # verifies hashes: a tampered champion fails loudly
+    differences = compare_cards(candidate, load_card(folder))
+    if not differences:
+        folders.append(folder)
+    return differences
+
+
+def unscored(card: ModelCard) -> EvalResult:
+    """The result of a candidate refused before scoring: no images, accuracy 0."""
+    return summarize(np.zeros((card.num_classes, card.num_classes), dtype=np.int64), card.class_names)
