@@ -122,7 +122,9 @@ def training_pipeline(
     # The decision is the evaluate step's return value (`Output`): kfp 2.17.0's local runner resolves a
     # condition on a task's `Output` channel, but not on a NamedTuple field such as `decision`.
     with dsl.If(evaluated.outputs["Output"] == "accepted", name="candidate-accepted"):
-        deployed = deploy_model(dataset=prepared.outputs["dataset"], store_uri=store_uri, model_name=model_name,
+        # The evaluation names the champion it judged against: deploy promotes only while it is still production.
+        deployed = deploy_model(dataset=prepared.outputs["dataset"], evaluation=evaluated.outputs["evaluation"],
+                                store_uri=store_uri, model_name=model_name,
                                 version=pushed.outputs["version"], model_uri=pushed.outputs["model_uri"], run_id=run_id,
                                 target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir,
                                 kserve_namespace=kserve_namespace, serving_gpus=serving_gpus,

@@ -6,13 +6,14 @@ from components.kfp_base import project_component
 
 
 @project_component
-def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
+def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
                  target: str, serving_port: int, local_state_dir: str, kserve_namespace: str, serving_gpus: int,
                  deployment_mode: str, canary_percent: int, endpoint: Output[Artifact]) -> str:
     """Serve the registered version, smoke-test it over REST, then make it the production version.
 
     Args:
         dataset: The prepared data set (test images for the smoke request).
+        evaluation: The evaluate step's result: production is promoted only while it is still the champion judged there.
         store_uri: Store URI holding the registry.
         model_name: Registry and endpoint name.
         version: The registry version to deploy.
@@ -29,12 +30,12 @@ def deploy_model(dataset: Input[Dataset], store_uri: str, model_name: str, versi
     """
     import json
 
-    from components.deploy.step import KServeTarget, deploy
+    from components.deploy.step import KServeTarget, deploy, judged_champion
     from components.store import open_store
 
     kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent)
     record = deploy(target, open_store(store_uri), dataset.metadata["prefix"], model_name, version, model_uri, run_id,
-                    serving_port, local_state_dir, kserve)
+                    serving_port, local_state_dir, judged_champion(evaluation.path), kserve)
     with open(endpoint.path, "w") as f:
         json.dump(record, f, indent=2)
     endpoint.metadata.update({"url": record["url"], "version": version})

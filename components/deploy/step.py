@@ -1,14 +1,21 @@
-"""The deploy step: put a registry version behind an endpoint, smoke-test it, then promote it."""
+"""The deploy step: put a registry version behind an endpoint, smoke-test it, then promote it.
+
+The promotion is a compare-and-swap that expects the champion the evaluate step judged the candidate
+against (``champion``), not whatever production is when this step starts: a candidate judged while
+production was empty is never promoted over a model promoted meanwhile. The local server is given the
+version's URI pinned to its manifest's digest, and the promotion requires that same digest.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.data.prepare import first_examples, read_info
 from components.deploy import local
-from components.registry import Registry
+from components.registry import Registry, pinned_uri
 from components.store import Store
 
 TARGETS = ("local", "kserve")
@@ -37,38 +44,55 @@ class KServeTarget:
         }
 
 
+def judged_champion(evaluation_path: str) -> int | None:
+    """The production version the evaluate step compared the candidate with (None: production was empty)."""
+    try:
+        found = json.loads(Path(evaluation_path).read_text())["champion_version"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"expected the evaluate step's result with champion_version in {evaluation_path}: {exc!r}") from None
+    if found is not None and (not isinstance(found, int) or isinstance(found, bool)):
+        raise ValueError(f"expected champion_version to be a version number or null in {evaluation_path}, got {found!r}")
+    return found
+
+
 def deploy(target: str, store: Store, dataset_prefix: str, model_name: str, version: int, model_uri: str,
-           run_id: str, serving_port: int, state_dir: str, kserve: KServeTarget | None = None) -> dict[str, Any]:
-    """Deploy, smoke-test, then move the production pointer of the registry in ``store`` (compare-and-swap)."""
+           run_id: str, serving_port: int, state_dir: str, champion: int | None,
+           kserve: KServeTarget | None = None) -> dict[str, Any]:
+    """Deploy, smoke-test, then move the production pointer of the registry in ``store`` (compare-and-swap
+    expecting production at ``champion``, the version the gate judged against)."""
     if target not in TARGETS:
         raise ValueError(f"expected deploy target in {TARGETS}, got {target!r}")
     registry = Registry(store, model_name)
     if target == "kserve":
-        return deploy_kserve(registry, version, run_id, kserve)
-    return deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir)
+        return deploy_kserve(registry, version, run_id, champion, kserve)
+    return deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir, champion)
 
 
-def deploy_kserve(registry: Registry, version: int, run_id: str, target: KServeTarget | None) -> dict[str, Any]:
+def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int | None,
+                  target: KServeTarget | None) -> dict[str, Any]:
     """Create or update the InferenceService on the cluster (canary in Serverless mode) and promote."""
     from components.deploy.kserve import deploy_registry_version
 
     if target is None or not target.namespace:
         raise ValueError("expected a Kubernetes namespace for deploy target kserve, got none")
+    # Refuse before touching the cluster; the rollout's own compare-and-swap then guards the rest.
+    registry.expect_production(champion)
     record = deploy_registry_version(registry, version, run_id, target.namespace, registry.name, rollout_id=run_id,
                                      **target.settings_fields())
     return {"target": "kserve", **record.to_dict()}
 
 
 def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_uri: str, run_id: str,
-                 serving_port: int, state_dir: str) -> dict[str, Any]:
+                 serving_port: int, state_dir: str, champion: int | None) -> dict[str, Any]:
     """Start the local KServe server, smoke-test it with test images over v1 and v2, then promote."""
     if not state_dir:
         raise ValueError("expected local_state_dir (where the local server's pid and log live), got an empty string")
     # Read before the server starts, so a data error leaves nothing running. The data set lives in the
     # registry's store: the pipeline passes one store_uri to every step.
     pixels, labels = first_examples(registry.store, read_info(registry.store, dataset_prefix), "test", SMOKE_IMAGES)
-    before = registry.production()
-    endpoint = local.start(model_uri, registry.name, serving_port, Path(state_dir))
+    before = registry.expect_production(champion)  # before the server starts: a moved pointer leaves nothing running
+    digest = registry.manifest_sha256(version)
+    endpoint = local.start(pinned_uri(model_uri, digest), registry.name, serving_port, Path(state_dir))
     passed = False
     try:
         smoke = local.smoke_test(endpoint, pixels)
@@ -76,7 +100,8 @@ def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_ur
     finally:
         if not passed:
             local.stop(Path(state_dir))  # a model that fails its smoke request is not left serving
-    registry.promote(version, actor=f"pipeline-run:{run_id}", expected=before, reason="deployed by pipeline")
+    registry.promote(version, actor=f"pipeline-run:{run_id}", expected=before, reason="deployed by pipeline",
+                     manifest_sha256=digest)
     return {
         "target": "local",
         "url": endpoint.url,
