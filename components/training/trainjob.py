@@ -54,6 +54,7 @@ PATCH_MANAGER = "kfp-ps-classifier.io/train-step"
 MASTER_PORT = 29500
 PERMANENT_EXIT_CODES = list(range(1, 128))  # the Training Operator's ExitCode rule: 1–127 are not retried
 RUN_ID_LABEL = "pipelines.kubeflow.org/run-id"
+MAX_RESTARTS = 5  # the shipped runtimes' JobSet restarts: the ceiling of a run's backoff limit
 # The contract with the rank entry point (components.training.rank): job names and the arguments variable.
 PS_JOB, NODE_JOB = "ps", "node"
 ARGV_VARIABLE = "TRAIN_ARGV"
@@ -67,7 +68,7 @@ class RuntimeSettings:
     image: str = field(default_factory=project_image)
     ps_cpu: str = "2"
     ps_memory: str = "4Gi"
-    max_restarts: int = 5  # the ceiling; a run's backoff limit may only be lower
+    max_restarts: int = MAX_RESTARTS
     ttl_seconds_after_finished: int = 86400
 
 
@@ -152,7 +153,9 @@ def _container(name: str, image: str, env: list[dict[str, Any]]) -> dict[str, An
         "command": ["python", "-m", "components.training"],
         "env": [
             {"name": "PYTHONUNBUFFERED", "value": "1"},
-            {"name": "TP_SOCKET_IFNAME", "value": "eth0"},  # TensorPipe listens on the pod network, not loopback
+            # TensorPipe and RPC's internal Gloo group listen on the pod network, whatever the hostname resolves to.
+            {"name": "TP_SOCKET_IFNAME", "value": "eth0"},
+            {"name": "GLOO_SOCKET_IFNAME", "value": "eth0"},
             {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
             _label_env("JOBSET_NAME", JOBSET_NAME_LABEL),
             _label_env("REPLICATED_JOB", REPLICATED_JOB_LABEL),
