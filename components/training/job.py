@@ -10,9 +10,10 @@ from components.store import Store, join_key
 from components.training.config import TrainConfig
 from components.training.local import launch_local
 from components.training.pytorchjob_launcher import run_pytorchjob
+from components.training.trainjob_launcher import run_trainjob
 from components.training.worker import HISTORY_FILE
 
-LAUNCHERS = ("local", "pytorchjob")
+LAUNCHERS = ("local", "trainjob", "pytorchjob")  # trainjob: Kubeflow Trainer v2; pytorchjob: Training Operator v1 (legacy)
 
 
 def model_prefix(run_id: str) -> str:
@@ -43,10 +44,12 @@ def train(config: TrainConfig, store: Store, launcher: str, timeout_s: float, ba
 
     ``store``: the open store that ``config.store_uri`` names (the ranks, other processes, open their own).
     ``backoff_limit``: how many times the whole job may be relaunched from its latest checkpoint.
-    ``run_id``: the pipeline run, which names the cluster job (``pytorchjob`` only).
+    ``run_id``: the pipeline run, which names the cluster job (``trainjob`` and ``pytorchjob``).
     """
     if launcher == "local":
         launch_local(config, timeout_s=timeout_s, backoff_limit=backoff_limit)
+    elif launcher == "trainjob":
+        run_trainjob(config, run_id, timeout_s, backoff_limit)
     elif launcher == "pytorchjob":
         run_pytorchjob(config, run_id, timeout_s, backoff_limit)
     else:

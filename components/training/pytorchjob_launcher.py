@@ -109,6 +109,7 @@ def _watch(client: JobClient, title: str, name: str, streams: LogStreams, deadli
            clock: Callable[[], float], sleep: Callable[[float], None], out: TextIO,
            max_restarts: int | None) -> tuple[JobStatus, list[PodInfo]]:
     seen: dict[str, str] = {}
+    reported_restarts = 0
     while True:
         status, pods = client.get_status(name), client.list_pods(name)
         streams.follow(pods)
@@ -117,6 +118,9 @@ def _watch(client: JobClient, title: str, name: str, streams: LogStreams, deadli
             streams.join(timeout_s=30)
             return status, pods
         restarts = max((p.restart_attempt for p in pods), default=0)
+        if restarts > reported_restarts:
+            _say(out, f"{title} restarted (attempt {restarts}); its ranks resume from the latest checkpoint")
+            reported_restarts = restarts
         if max_restarts is not None and restarts > max_restarts:
             raise TrainingError(f"{title} was restarted {restarts} times, more than the backoff limit {max_restarts}: "
                                 f"{failure_message(title, status, pods, streams)}")
@@ -173,12 +177,17 @@ def _say(out: TextIO, text: str) -> None:
     out.flush()
 
 
+def require_cluster_store(config: TrainConfig, launcher: str) -> None:
+    """Cluster pods read data and write checkpoints through Azure Blob; a local path is on another machine."""
+    if urlparse(config.store_uri).scheme != "https":
+        raise TrainingError(f"expected an Azure Blob store URI (https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX) for the "
+                            f"{launcher} launcher: its pods cannot read {config.store_uri!r} on this machine")
+
+
 def run_pytorchjob(config: TrainConfig, run_id: str, timeout_s: float, backoff_limit: int,
                    settings: PyTorchJobSettings | None = None, client: JobClient | None = None, out: TextIO | None = None) -> None:
     """Build the job for ``config`` and run it to the end in this step's namespace."""
-    if urlparse(config.store_uri).scheme != "https":
-        raise TrainingError(f"expected an Azure Blob store URI (https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX) for the "
-                            f"pytorchjob launcher: its pods cannot read {config.store_uri!r} on this machine")
+    require_cluster_store(config, "pytorchjob")
     settings = settings or PyTorchJobSettings(namespace=current_namespace())
     manifest = build_pytorchjob(config, run_id, settings, int(timeout_s), backoff_limit)
     launch_job(manifest, client or KubernetesJobClient(settings.namespace), timeout_s, out)
