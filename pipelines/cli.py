@@ -76,7 +76,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     from components.deploy.render import write_manifests
     from components.deploy.step import KServeTarget
     from components.registry import version_key
-    from components.training.render import render_pytorchjob
+    from components.training.render import render_training
 
     p = {**pipeline_defaults(), "store_uri": "https://ACCOUNT.blob.core.windows.net/models", **parse_params(args.param, pipeline_signature())}
     target = KServeTarget(p["kserve_namespace"], p["serving_gpus"], p["deployment_mode"], p["canary_percent"])
@@ -87,7 +87,8 @@ def cmd_render(args: argparse.Namespace) -> None:
     )
     for path in write_manifests(args.output_dir, settings):
         print(f"wrote {path}")
-    print(f"wrote {render_pytorchjob(p, args.output_dir, namespace=p['kserve_namespace'])}")
+    for path in render_training(p, args.output_dir, namespace=p["kserve_namespace"]):  # TrainJob + runtime; PyTorchJob if num_ps=1
+        print(f"wrote {path}")
 
 
 def cmd_stop(args: argparse.Namespace) -> None:

@@ -243,3 +243,18 @@ def test_render_writes_the_trainjob_and_its_runtime_for_the_pipeline_parameters(
     config = from_argv(shlex.split(env_of({"env": job["spec"]["trainer"]["env"]})["TRAIN_ARGV"]))
     assert (config.num_ps, config.num_workers, config.epochs, config.output_prefix) == (2, 4, 3, "runs/RUN_ID/model")
     assert [p.name for p in render_training({**params, "num_ps": 1}, tmp_path / "one")][-1] == "pytorchjob.yaml"
+
+
+@requires_schemas
+def test_pipelines_render_writes_a_valid_trainjob_and_the_shipped_runtime_it_names(tmp_path: Path, monkeypatch) -> None:
+    from pipelines.cli import main
+
+    monkeypatch.delenv("PIPELINE_IMAGE", raising=False)
+    main(["render", "--output-dir", str(tmp_path), "--param", f"store_uri={BLOB}", "--param", "num_ps=4", "--param", "num_workers=8"])
+    job = yaml.safe_load((tmp_path / "trainjob.yaml").read_text())
+    runtime = yaml.safe_load((tmp_path / "clustertrainingruntime.yaml").read_text())
+    assert all(schema_errors(job, f) == [] for f in TRAINJOB_SCHEMAS) and all(schema_errors(runtime, f) == [] for f in RUNTIME_SCHEMAS)
+    assert job["spec"]["trainer"]["numNodes"] == 8 and replicated(runtime, "ps")["template"]["spec"]["parallelism"] == 4
+    shipped = list(yaml.safe_load_all((ROOT / SHIPPED_RUNTIMES).read_text()))
+    assert runtime in shipped  # the runtime the job names is the one the project ships
+    assert not (tmp_path / "pytorchjob.yaml").exists()  # four shards do not fit a PyTorchJob's one Master
