@@ -83,7 +83,7 @@ def training_pipeline(
         max_unreadable: 0 fails at the first unreadable raw file; N skips and lists up to N of them in the data report.
         accuracy_threshold: Minimum test accuracy to deploy.
         tolerance: Accepted accuracy loss against the production model.
-        launcher: Where training ranks run: local (processes inside the training step) or pytorchjob (a Training Operator job on the cluster; needs an Azure Blob store_uri and num_ps=1).
+        launcher: Where training ranks run: local (processes inside the training step; the default, for make run), trainjob (on the cluster: a Kubeflow Trainer v2 TrainJob with num_ps CPU parameter-server pods and num_workers GPU pods; num_ps 1, 2, 4 or 8; needs an Azure Blob store_uri and train_backoff_limit <= 5) or pytorchjob (legacy Training Operator v1 job; needs an Azure Blob store_uri and num_ps=1).
         train_timeout_s: Fail training after this many seconds.
         train_backoff_limit: Relaunches of a failed training job from its latest checkpoint before the step fails.
         train_mode: sync (workers' gradients averaged each step) or async (applied as they arrive, with bounded staleness).

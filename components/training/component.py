@@ -20,8 +20,10 @@ def train_model(dataset: Input[Dataset], store_uri: str, run_id: str, launcher: 
         dataset: The prepared data set.
         store_uri: Store URI of data and run outputs.
         run_id: Pipeline run id; the model is written under runs/<run_id>/model in the store.
-        launcher: Where the ranks run: local (processes in this step) or pytorchjob (a Kubeflow Training
-            Operator job: the parameter server on a CPU node, one GPU per worker; needs an Azure Blob store_uri and num_ps=1).
+        launcher: Where the ranks run: local (processes in this step), trainjob (the cluster default: a Kubeflow
+            Trainer v2 TrainJob on the project's ClusterTrainingRuntime, num_ps CPU parameter-server pods and
+            num_workers pods with one GPU each; num_ps 1, 2, 4 or 8; backoff_limit <= 5) or pytorchjob (legacy
+            Training Operator v1: one parameter server, num_ps=1). Both cluster launchers need an Azure Blob store_uri.
         timeout_s: Fail the step when training takes longer.
         backoff_limit: How many times a failed job is relaunched from its latest checkpoint before the step fails.
         arch: Network architecture (small_cnn, resnet18, mobilenet_v3_small).
