@@ -83,6 +83,7 @@ class FakeApi:
     created: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (name, propagationPolicy)
     log_requests: list[tuple[str, str]] = field(default_factory=list)  # (pod, container)
+    broken_logs: set[str] = field(default_factory=set)  # pods whose log connection drops mid-stream
     polls: int = 0
 
     def snapshot(self) -> tuple[list[dict[str, str]], list[Pod]]:
@@ -101,6 +102,16 @@ def handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def drop(self, text: str) -> None:
+            """Promise more bytes than are sent, then close: the client sees the stream break."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(text) + 1000))
+            self.end_headers()
+            self.wfile.write(text.encode())
+            self.wfile.flush()
+            self.close_connection = True
 
         def body(self) -> dict[str, Any]:
             return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -131,7 +142,10 @@ def handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             if match:
                 api.log_requests.append((match.group(1), query["container"][0]))
                 assert query["follow"][0].lower() == "true"
-                return self.reply(200, "".join(f"{line}\n" for line in api.logs.get(match.group(1), [])), "text/plain")
+                text = "".join(f"{line}\n" for line in api.logs.get(match.group(1), []))
+                if match.group(1) in api.broken_logs:
+                    return self.drop(text)
+                return self.reply(200, text, "text/plain")
             self.reply(404, {"kind": "Status", "code": 404, "message": f"no route {url.path}"})
 
         def do_DELETE(self) -> None:
@@ -273,3 +287,13 @@ def test_the_trainjob_launcher_refuses_a_store_its_pods_cannot_reach_and_a_backo
         run_trainjob(local, RUN_ID, 60, 3, TrainJobSettings(NS), client=object())  # type: ignore[arg-type]
     with pytest.raises(TrainingError, match=r"expected train_backoff_limit <= 5 for the trainjob launcher .* got 9"):
         run_trainjob(cluster_config(), RUN_ID, 60, 9, TrainJobSettings(NS), client=object())  # type: ignore[arg-type]
+
+
+def test_a_log_stream_that_breaks_is_reported_and_the_watch_goes_on() -> None:
+    running = pods("Running")
+    api = FakeApi([(CREATED, running), ([*CREATED, condition("Complete")], pods("Succeeded"))],
+                  logs={p.name: [f"{p.job}-{p.index} epoch 1"] for p in running}, broken_logs={running[2].name})
+    out = launch(api)
+    assert "[node-1] node-1 epoch 1" in out  # the other pods' logs are unaffected
+    assert re.search(rf"\[launcher\] expected to follow the log of pod {running[2].name} \(node\), got \w+", out)
+    assert f"TrainJob {NAME} succeeded" in out

@@ -113,6 +113,7 @@ def test_the_runtime_has_a_ps_job_of_p_cpu_pods_and_a_trainer_node_job() -> None
     assert "nvidia.com/gpu" not in ps_pod["containers"][0]["resources"]["limits"] and "nodeSelector" not in ps_pod
     assert node["template"]["metadata"]["labels"] == {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
     assert "parallelism" not in node["template"]["spec"]  # the Trainer sizes it from numNodes
+    assert node["dependsOn"] == [{"name": "ps", "status": "Ready"}]  # GPUs are claimed once the servers run
     assert "trainer.kubeflow.org/trainjob-ancestor-step" not in ps["template"].get("metadata", {}).get("labels", {})
     assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
     assert runtime["spec"]["template"]["spec"]["network"]["enableDNSHostnames"] is True

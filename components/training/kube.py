@@ -188,11 +188,16 @@ class KubernetesJobClient:
 
     def stream_logs(self, pod: str, container: str | None = None) -> Iterator[str]:
         container = container or self.kind.containers[0]
-        response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True, _preload_content=False)
+        from urllib3.exceptions import HTTPError
+
         try:
-            yield from iter_lines(response.stream(amt=65536, decode_content=True))
-        finally:
-            response.release_conn()
+            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True, _preload_content=False)
+            try:
+                yield from iter_lines(response.stream(amt=65536, decode_content=True))
+            finally:
+                response.release_conn()
+        except (self._api_exception, HTTPError, OSError) as error:
+            raise TrainingError(f"expected to follow the log of pod {pod} ({container}), got {type(error).__name__}: {error}") from None
 
     def delete_job(self, name: str) -> None:
         try:

@@ -58,11 +58,18 @@ class LogStreams:
                 self._threads.append(thread)
 
     def _pump(self, pod: PodInfo) -> None:
-        for line in self.client.stream_logs(pod.name, pod.container):
-            with self._lock:
-                self.tails[pod.replica].append(line)
-                self.out.write(f"[{pod.replica}] {line}\n")
-                self.out.flush()
+        try:
+            for line in self.client.stream_logs(pod.name, pod.container):
+                self._write(pod.replica, line)
+        except TrainingError as error:  # a broken log stream loses lines, not the job: the watch goes on
+            self._write("launcher", str(error))
+
+    def _write(self, replica: str, line: str) -> None:
+        with self._lock:
+            if replica in self.tails:
+                self.tails[replica].append(line)
+            self.out.write(f"[{replica}] {line}\n")
+            self.out.flush()
 
     def join(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -126,6 +126,9 @@ def _node_job(settings: RuntimeSettings) -> dict[str, Any]:
     # Size and resources come from the TrainJob's trainer.numNodes and resourcesPerNode.
     job = _job(NODE_JOB, _container(NODE_JOB, settings.image, []))
     job["template"]["metadata"] = {"labels": {ANCESTOR_LABEL: "trainer"}}
+    # GPU pods start once every server pod runs: no GPU is held, and no RPC timeout (a restart) spent,
+    # while a CPU node scales up for the servers.
+    job["dependsOn"] = [{"name": PS_JOB, "status": "Ready"}]
     return job
 
 
