@@ -297,3 +297,21 @@ def test_a_log_stream_that_breaks_is_reported_and_the_watch_goes_on() -> None:
     assert "[node-1] node-1 epoch 1" in out  # the other pods' logs are unaffected
     assert re.search(rf"\[launcher\] expected to follow the log of pod {running[2].name} \(node\), got \w+", out)
     assert f"TrainJob {NAME} succeeded" in out
+
+
+def test_a_trainjob_s_conditions_map_to_the_launcher_s_phases() -> None:
+    from components.training.kube import JobStatus, job_status
+
+    complete = {"status": {"conditions": [condition("Complete", "done"), condition("Created")]}}  # a map, not a history
+    assert job_status(complete, TRAINJOB) == JobStatus("Succeeded", "done")
+    assert job_status({"status": {"conditions": [condition("Created")]}}, TRAINJOB) == JobStatus("Created")
+    assert job_status({}, TRAINJOB) == JobStatus("Pending")
+
+
+def test_the_train_step_routes_launcher_trainjob_to_the_trainjob_launcher(tmp_path) -> None:
+    from components.store import open_store
+    from components.training.job import train
+
+    local = TrainConfig(store_uri=str(tmp_path), dataset_prefix="p", output_prefix="o")
+    with pytest.raises(TrainingError, match="for the trainjob launcher: its pods cannot read"):
+        train(local, open_store(str(tmp_path)), "trainjob", 60, 3, RUN_ID)
