@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,19 +47,46 @@ def cmd_compile(args: argparse.Namespace) -> None:
     print(f"wrote {compile_pipeline(args.output)}")
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def cmd_run(args: argparse.Namespace) -> int:
+    """Check the parameters, then run the pipeline in a supervised child (``--in-process``) that a signal stops whole."""
     from pipelines import local_run
 
     if not args.local:
         raise SystemExit("error: only --local runs start here; use `python -m pipelines submit` for a Kubeflow cluster")
+    overrides = parse_params(args.param, pipeline_signature())
+    model_name = check_model_name(overrides)  # refused here, not by a step after training
+    if not args.in_process:
+        return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
     if sys.stdout.isatty():
         os.environ[PROGRESS_TTY_ENV] = "1"  # the training step draws its progress bar on this terminal
-    overrides = parse_params(args.param, pipeline_signature())
     arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
     store = local_run.open_run_store(arguments)  # this process's one client; the steps open their own
-    local_run.run_local(args.workdir, arguments)
-    summary = local_run.summarize(store, args.workdir, arguments, arguments.get("model_name", "digits"))
+    run_root = local_run.new_run_root(args.workdir)
+    local_run.run_local(run_root, arguments)
+    summary = local_run.summarize(store, args.workdir, arguments, model_name, local_run.pushed_version(run_root))
     print(local_run.format_summary(summary, args.workdir))
+    return 0
+
+
+def check_model_name(overrides: dict[str, object]) -> str:
+    """The run's model name (given or the pipeline's default), if it is a valid registry name."""
+    from components.registry import validate_model_name
+
+    name = overrides.get("model_name", pipeline_defaults()["model_name"])
+    try:
+        return validate_model_name(name)
+    except ValueError as exc:
+        raise ValueError(f"pipeline parameter 'model_name': {exc}") from None
+
+
+def run_argv(args: argparse.Namespace) -> list[str]:
+    """The ``run`` command line that ``args`` came from (for the supervised child)."""
+    argv = ["run", "--local", "--workdir", str(args.workdir)]
+    if args.data_uri:
+        argv += ["--data-uri", args.data_uri]
+    for pair in args.param:
+        argv += ["--param", pair]
+    return argv
 
 
 def pipeline_defaults() -> dict[str, object]:
@@ -109,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-uri", help="raw data (default: the bundled digits sample, written under WORKDIR/data)")
     p.add_argument("--workdir", type=Path, default=Path(".work"), help="local store, KFP outputs and server state")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
+    # Internal: the supervised child that runs the pipeline itself (see local_run.run_supervised).
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("render", help="write the manifests the cluster steps would create (for review)")
     p.add_argument("--output-dir", type=Path, required=True)
@@ -133,5 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as exc:
         # kfp.local raises RuntimeError when a task fails; the task's own log above says why.
         sys.exit(f"error: the pipeline failed: {exc}")
+    except KeyboardInterrupt:
+        print("interrupted by SIGINT", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     if code:
         sys.exit(code)

@@ -4,13 +4,29 @@ Every step runs as a subprocess of this interpreter (``SubprocessRunner(use_venv
 training step starts its parameter-server and worker processes, the deploy step leaves a KServe
 server running on 127.0.0.1. Afterwards the summary reads the registry and calls the endpoint over
 REST, so what it prints is what the store and the server actually hold.
+
+Each run keeps its kfp.local outputs under a root of its own (``WORKDIR/kfp-root/<time>-<id>``), so its
+summary reads the version its own push step registered, even when other runs push to the same registry.
+
+:func:`run_supervised` runs all of that in a child process in a process group of its own, with this
+process as the subreaper of everything below it. A terminal's Ctrl-C then reaches only this process, which
+stops every process the run started (steps, training ranks in their own sessions, a half-started server)
+with SIGTERM, then SIGKILL after a grace period, and exits with one line: nothing keeps writing to the
+store after the command returned.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +35,18 @@ import numpy as np
 from components.data.prepare import first_examples, read_info
 from components.data.sample import write_sample
 from components.deploy import local as local_server
-from components.registry import Registry
+from components.errors import ProjectError
+from components.registry import Registry, split_pinned
 from components.store import Store, open_store
 from pipelines.pipeline import training_pipeline
 from serving.client import predict_v1
 
 DEFAULT_WORKDIR = Path(".work")
+PUSH_TASK = "push-model"  # the push step's task name in the pipeline
+EXECUTOR_OUTPUT = "executor_output.json"  # where kfp.local writes a task's output parameters
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_GRACE_S = 30.0  # time for steps to clean up (a kserve deploy rolls back) before SIGKILL
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def git_commit() -> str:
@@ -56,12 +78,30 @@ def open_run_store(arguments: dict[str, Any]) -> Store:
     return store
 
 
-def run_local(workdir: Path, arguments: dict[str, Any]) -> None:
-    """Run the pipeline to completion; raises when a step fails."""
+def new_run_root(workdir: Path) -> Path:
+    """A kfp.local pipeline root for one run only: its outputs cannot be mistaken for another run's."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return workdir.resolve() / "kfp-root" / f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def run_local(run_root: Path, arguments: dict[str, Any]) -> None:
+    """Run the pipeline to completion with its outputs under ``run_root``; raises when a step fails."""
     from kfp import local
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir.resolve() / "kfp-root"), raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root), raise_on_error=True)
     training_pipeline(**arguments)
+
+
+def pushed_version(run_root: Path) -> int:
+    """The registry version this run's push step registered (its output parameter ``version``)."""
+    outputs = sorted(run_root.glob(f"*/{PUSH_TASK}/{EXECUTOR_OUTPUT}"))
+    if len(outputs) != 1:
+        raise ProjectError(f"expected one {PUSH_TASK} output under {run_root}, found {len(outputs)}: the run did not push a version")
+    try:
+        version = json.loads(outputs[0].read_text())["parameterValues"]["version"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ProjectError(f"expected parameterValues.version in {outputs[0]}: {exc!r}") from None
+    return int(version)
 
 
 @dataclass
@@ -76,15 +116,16 @@ class Summary:
     true_label: str | None
 
 
-def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str) -> Summary:
-    """What the run left in the registry of ``store`` and, when it deployed, one prediction from the endpoint."""
+def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str, version: int) -> Summary:
+    """What the run left in the registry of ``store`` (``version``: the one it pushed) and, when it deployed,
+    one prediction from the endpoint."""
     registry = Registry(store, model_name)
-    version = registry.versions()[-1]
     manifest = registry.manifest(version)
     verdict = manifest["verdict"]
     summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None)
     endpoint = local_server.read_state(Path(arguments["local_state_dir"]))
-    if verdict["decision"] == "accepted" and endpoint is not None:
+    # Another run may have replaced the server since: only a server of this version speaks for this run.
+    if verdict["decision"] == "accepted" and endpoint is not None and _serves(endpoint, registry.version_uri(version)):
         info = read_info(store, manifest["lineage"]["dataset_prefix"])
         pixels, labels = first_examples(store, info, "test", 1)
         _write_requests(workdir, pixels)
@@ -92,6 +133,10 @@ def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name
         summary.prediction = predict_v1(endpoint.url, model_name, pixels)[0]
         summary.true_label = info.class_names[int(labels[0])]
     return summary
+
+
+def _serves(endpoint: local_server.LocalEndpoint, version_uri: str) -> bool:
+    return split_pinned(endpoint.model_uri)[0] == version_uri
 
 
 def _write_requests(workdir: Path, pixels: np.ndarray) -> None:
@@ -103,7 +148,7 @@ def _write_requests(workdir: Path, pixels: np.ndarray) -> None:
 def format_summary(s: Summary, workdir: Path) -> str:
     lines = ["", "=" * 72, f"test accuracy      {s.accuracy:.4f}", f"registry version   {s.model_name} v{s.version} ({s.decision}: {s.reason})"]
     if s.url is None:
-        why = "the gate rejected the candidate" if s.decision != "accepted" else "no local server state was found"
+        why = "the gate rejected the candidate" if s.decision != "accepted" else "no local server serves this version now"
         lines += [f"endpoint           not deployed ({why})", "=" * 72]
         return "\n".join(lines)
     top = s.prediction["probabilities"][s.prediction["class"]]
@@ -117,3 +162,95 @@ def format_summary(s: Summary, workdir: Path) -> str:
         "=" * 72,
     ]
     return "\n".join(lines)
+
+
+class Interrupted(Exception):
+    """This process received one of :data:`STOP_SIGNALS`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_supervised(command: list[str]) -> int:
+    """Run ``command`` (this CLI running the pipeline) in its own process group and return its exit code;
+    on SIGINT or SIGTERM stop every process below this one, say so in one line and return 128 + signal."""
+    _become_subreaper()  # orphans of the run (ranks whose step died) stay below this process, so they are found
+    child = subprocess.Popen(command, process_group=0, stdin=subprocess.DEVNULL)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        return child.wait()
+    except Interrupted as caught:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        stopped = stop_descendants(STOP_GRACE_S)
+        print(f"interrupted by {caught}: stopped the pipeline run and the {stopped} processes it had started "
+              f"(steps, training ranks); models it already registered stay in the registry", file=sys.stderr)
+        return 128 + caught.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _become_subreaper() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def stop_descendants(grace_s: float) -> int:
+    """SIGTERM every live process below this one (new ones as they appear), SIGKILL what is left after
+    ``grace_s``, reap them all; return how many processes were stopped."""
+    signalled: set[int] = set()
+    deadline = time.monotonic() + grace_s
+    while pids := descendants(os.getpid()):
+        sig = signal.SIGTERM if time.monotonic() < deadline else signal.SIGKILL
+        for pid in pids if sig == signal.SIGKILL else pids - signalled:
+            _signal(pid, sig)
+        signalled |= pids
+        time.sleep(0.1)
+        _reap()
+    _reap()
+    return len(signalled)
+
+
+def descendants(root: int) -> set[int]:
+    """Live (not zombie) processes below ``root``, from ``/proc``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if state != "Z":
+                parents[int(entry.name)] = int(ppid)
+    found, frontier = set(), [root]
+    while frontier:
+        parent = frontier.pop()
+        children = {pid for pid, ppid in parents.items() if ppid == parent} - found
+        found |= children
+        frontier.extend(children)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap() -> None:
+    """Collect exited children (as the subreaper, the run's orphans are this process's children too)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

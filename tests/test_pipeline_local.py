@@ -33,6 +33,13 @@ def test_badly_typed_parameter_is_rejected(tmp_path):
     assert result.returncode != 0 and "pipeline parameter 'epochs' expects" in result.stderr and "'many'" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["digits\n", "Digits", "my_model"])
+def test_an_invalid_model_name_is_refused_before_any_step_runs(tmp_path, name):
+    result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", f"model_name={name}")
+    assert result.returncode != 0 and "pipeline parameter 'model_name': expected a model name" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "store").exists()  # nothing was prepared or trained
+
+
 @pytest.mark.slow
 def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidate(tmp_path):
     port = str(free_port())
@@ -56,7 +63,10 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         assert registry.manifest(2)["verdict"]["decision"] == "rejected"
         assert "worse than production" in registry.manifest(2)["verdict"]["reason"]
         assert registry.production().version == 1
-        assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].endswith("/versions/1")
+        # The server was given version 1 pinned to the manifest digest the pointer records.
+        digest = registry.production().record["manifest_sha256"]
+        assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].endswith(f"/versions/1#manifest-sha256={digest}")
+        assert "registry version   digits v2 (rejected" in second.stdout  # its own version, not another run's
     finally:
         stop(tmp_path / "serving")
 

@@ -4,6 +4,11 @@ The server outlives the pipeline step (it runs in its own session); its pid, URL
 kept in ``STATE_DIR/serving.json`` so the next deploy replaces it and ``make stop`` stops it. The
 step waits for the model-level readiness path, then sends one v1 and one v2 request and checks
 that both answer with the same class.
+
+The server gets only the environment it needs (:func:`server_environment`): where Python and its
+libraries are, locale and temporary folder, proxies and CA bundles, GPU selection, and the Azure
+settings the store reads credentials from. Nothing else of ``pipelines run``'s environment, such as
+``KF_PIPELINES_TOKEN``, reaches a process that answers requests from the network.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +31,14 @@ from serving.client import infer_v2, is_ready, predict_v1, v2_classes
 
 STATE_FILE = "serving.json"
 LOG_FILE = "serving.log"
+SERVER_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "no_proxy", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+    # managed identity, for a store on Azure Blob
+    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+})
+SERVER_ENV_PREFIXES = ("AZURE_",)  # the store's credentials: connection string, workload identity, client id
 
 
 @dataclass(frozen=True)
@@ -46,13 +60,18 @@ def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s
         popen = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", model_name,
              "--http-port", str(port), "--enable_grpc", "false"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_environment(os.environ),
             start_new_session=True,  # survives the step's process; stopped by pid later
         )
     endpoint = LocalEndpoint(f"http://127.0.0.1:{port}", model_name, model_uri, popen.pid, str(log_path))
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(endpoint), indent=2))
     _wait_ready(endpoint, popen, timeout_s)
     return endpoint
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` the model server needs; tokens of other systems stay behind."""
+    return {k: v for k, v in environ.items() if k in SERVER_ENV_NAMES or k.startswith(SERVER_ENV_PREFIXES)}
 
 
 def _check_port_free(port: int) -> None:

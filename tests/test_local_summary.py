@@ -1,0 +1,51 @@
+"""After concurrent runs, each run's summary names the version that run pushed (read from its own push
+step's output), not the registry's newest; each run keeps its kfp.local outputs in a folder of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.registry import Registry
+from components.store import open_store
+from pipelines.local_run import new_run_root, pushed_version, summarize
+from tests.test_registry import MODEL, model_folder
+
+
+def push_run(registry: Registry, root: Path, tag: str, accuracy: float) -> int:
+    metadata = {"metrics": {"candidate": {"accuracy": accuracy}}, "lineage": {"run_id": f"run-{tag}"},
+                "verdict": {"decision": "rejected", "reason": f"{tag} below the threshold"}}
+    return registry.push(model_folder(root, tag), metadata)
+
+
+def record_push_output(run_root: Path, version: int) -> None:
+    """What kfp.local leaves for the push step: ROOT/<pipeline run>/push-model/executor_output.json."""
+    task = run_root / "digits-ps-classifier-2026-01-01-00-00-00-000000" / "push-model"
+    task.mkdir(parents=True)
+    (task / "executor_output.json").write_text(json.dumps({"parameterValues": {"version": version, "model_uri": "x"}}))
+
+
+def test_each_run_summary_names_the_version_it_pushed_not_the_newest(store_uri: str, tmp_path: Path) -> None:
+    store = open_store(store_uri)
+    registry = Registry(store, MODEL)
+    mine = push_run(registry, tmp_path / "src", "mine", 0.5)
+    push_run(registry, tmp_path / "src", "theirs", 0.7)  # a concurrent run pushed after this one
+    run_root = new_run_root(tmp_path)
+    record_push_output(run_root, mine)
+    assert pushed_version(run_root) == mine
+    summary = summarize(store, tmp_path, {"local_state_dir": str(tmp_path / "serving")}, MODEL, pushed_version(run_root))
+    assert (summary.version, summary.accuracy, summary.reason) == (mine, 0.5, "mine below the threshold")
+
+
+def test_every_run_gets_its_own_kfp_root(tmp_path: Path) -> None:
+    first, second = new_run_root(tmp_path), new_run_root(tmp_path)
+    assert first != second and first.parent == second.parent == tmp_path.resolve() / "kfp-root"
+
+
+def test_a_run_whose_push_step_left_no_output_is_a_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from components.errors import ProjectError
+
+    with pytest.raises(ProjectError, match="push-model"):
+        pushed_version(new_run_root(tmp_path))
