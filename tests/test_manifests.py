@@ -23,10 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"aks": "kubeflow-user-example-com", "dev": "kubeflow"}  # overlay -> namespace
 RUNNER = {"aks": "default-editor", "dev": "pipeline-runner"}  # the service account KFP runs steps as
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-TRAINING_SELECTOR = {"matchLabels": TRAINING_POD_LABELS}  # what every TrainJob and PyTorchJob pod carries
+TRAINING_SELECTOR = {
+    "matchLabels": {"training.kubeflow.org/operator-name": "pytorchjob-controller"},
+    "matchExpressions": [{"key": "training.kubeflow.org/job-name", "operator": "Exists"}],
+}
+TRAINJOB_SELECTOR = {  # what every TrainJob pod carries: the runtime's labels and JobSet's
+    "matchLabels": TRAINING_POD_LABELS,
+    "matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}],
+}
 # The runner's whole permission set: (apiGroup, resource) -> verbs. Nothing else may appear.
 ALLOWED_RULES = {
     ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "patch", "delete"},  # each TrainJob's own policy
     ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
     ("serving.kserve.io", "inferenceservices"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
@@ -57,7 +65,7 @@ def test_every_resource_lands_in_the_overlay_namespace(overlay: tuple[str, dict]
 
     assert {r["metadata"]["namespace"] for r in resources.values()} == {OVERLAYS[name]}
     assert sorted(k for k, _ in resources) == sorted([
-        "AuthorizationPolicy", "AuthorizationPolicy", "InferenceService", "NetworkPolicy",
+        "AuthorizationPolicy", "AuthorizationPolicy", "InferenceService", "NetworkPolicy", "NetworkPolicy",
         "Role", "RoleBinding", "ServiceAccount", "ServiceAccount",
     ])
 
@@ -133,8 +141,7 @@ def test_the_committed_examples_are_what_the_builder_generates(relative: str) ->
 
 def test_training_pods_accept_and_open_connections_only_among_training_pods(overlay: tuple[str, dict]) -> None:
     _, resources = overlay
-    (policy,) = of_kind(resources, "NetworkPolicy")
-    spec = policy["spec"]
+    spec = resources[("NetworkPolicy", "kfp-ps-training-isolation")]["spec"]
 
     assert spec["podSelector"] == TRAINING_SELECTOR
     assert spec["policyTypes"] == ["Ingress", "Egress"]
@@ -142,6 +149,17 @@ def test_training_pods_accept_and_open_connections_only_among_training_pods(over
     peers, dns, https = spec["egress"]
     assert peers == {"to": [{"podSelector": TRAINING_SELECTOR}]}
     assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert https["ports"] == [{"protocol": "TCP", "port": 443}]
+
+
+def test_trainjob_pods_get_no_ingress_and_only_dns_and_https_egress_from_the_baseline(overlay: tuple[str, dict]) -> None:
+    _, resources = overlay
+    spec = resources[("NetworkPolicy", "kfp-ps-trainjob-baseline")]["spec"]
+
+    assert spec["podSelector"] == TRAINJOB_SELECTOR
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []  # each job's own policy admits its peers
+    dns, https = spec["egress"]
     assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
     assert https["ports"] == [{"protocol": "TCP", "port": 443}]
 

@@ -31,7 +31,7 @@ from components.training.config import TrainConfig
 from components.training.kube import TRAINJOB, KubernetesJobClient
 from components.training.pytorchjob import job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_job
-from components.training.trainjob import TrainJobSettings, build_trainjob
+from components.training.trainjob import TrainJobSettings, build_network_policy, build_trainjob
 from components.training.trainjob_launcher import run_trainjob
 
 RUN_ID = "4f1c2b9e-1234-4cde-9abc-0123456789ab"
@@ -39,6 +39,8 @@ NAME = job_name(RUN_ID)
 NS = "kubeflow-user"
 BLOB = "https://acct.blob.core.windows.net/data/kfp"
 JOBS = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
+POLICIES = f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"
+POLICY = f"{NAME}-peers"
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,16 @@ class FakeApi:
     script: list[tuple[list[dict[str, str]], list[Pod]]]
     logs: dict[str, list[str]] = field(default_factory=dict)  # pod name -> lines
     exists: bool = False
+    reject: str = ""  # an admission webhook's refusal of the job (HTTP 422)
     on_poll: Callable[[int], None] | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (name, propagationPolicy)
+    calls: list[str] = field(default_factory=list)  # "create policy", "create job", "own policy", "delete policy"
+    policy_owner: list[dict[str, Any]] = field(default_factory=list)
     log_requests: list[tuple[str, str]] = field(default_factory=list)  # (pod, container)
     broken_logs: set[str] = field(default_factory=set)  # pods whose log connection drops mid-stream
     polls: int = 0
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self) -> tuple[list[dict[str, str]], list[Pod]]:
         return self.script[min(max(self.polls, 1), len(self.script)) - 1]
@@ -118,12 +124,25 @@ def handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             manifest = self.body()
+            if urlparse(self.path).path == POLICIES:
+                api.calls.append("create policy")
+                api.policy = manifest
+                return self.reply(201, manifest)
+            api.calls.append("create job")
             assert urlparse(self.path).path == JOBS and parse_qs(urlparse(self.path).query)["fieldValidation"] == ["Strict"]
+            if api.reject:
+                return self.reply(422, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422, "message": api.reject})
             if api.exists:
                 return self.reply(409, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
                                         "message": f'trainjobs.trainer.kubeflow.org "{manifest["metadata"]["name"]}" already exists'})
             api.created.append(manifest)
-            self.reply(201, manifest)
+            self.reply(201, {**manifest, "metadata": {**manifest["metadata"], "uid": "job-uid-1"}})
+
+        def do_PATCH(self) -> None:
+            assert urlparse(self.path).path == f"{POLICIES}/{POLICY}"
+            api.calls.append("own policy")
+            api.policy_owner.extend(self.body()["metadata"]["ownerReferences"])
+            self.reply(200, api.policy)
 
         def do_GET(self) -> None:
             url = urlparse(self.path)
@@ -149,7 +168,10 @@ def handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             self.reply(404, {"kind": "Status", "code": 404, "message": f"no route {url.path}"})
 
         def do_DELETE(self) -> None:
-            url, body = urlparse(self.path), self.body()  # the policy travels as a query parameter or in DeleteOptions
+            url, body = urlparse(self.path), self.body()
+            if url.path == f"{POLICIES}/{POLICY}":
+                api.calls.append("delete policy")
+                return self.reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})  # the policy travels as a query parameter or in DeleteOptions
             policy = parse_qs(url.query).get("propagationPolicy", [body.get("propagationPolicy", "")])[0]
             api.deleted.append((url.path.rsplit("/", 1)[-1], policy))
             self.reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
@@ -179,7 +201,8 @@ def launch(api: FakeApi, timeout_s: float = 1000.0, max_restarts: int | None = 3
     out, ticks = io.StringIO(), iter(range(0, 10**6, 10))  # each poll advances the fake clock by 10 s
     manifest = build_trainjob(cluster_config(), RUN_ID, TrainJobSettings(namespace=NS), timeout_s=int(timeout_s))
     with serving(api) as client:
-        launch_job(manifest, client, timeout_s, out, poll_s=0, clock=lambda: next(ticks), sleep=lambda s: None, max_restarts=max_restarts)
+        launch_job(manifest, client, timeout_s, out, poll_s=0, clock=lambda: next(ticks), sleep=lambda s: None, max_restarts=max_restarts,
+                   network_policy=build_network_policy(manifest))
     return out.getvalue()
 
 
@@ -246,6 +269,7 @@ def test_a_name_taken_by_an_earlier_attempt_is_a_clear_error_not_a_reuse() -> No
                                             rf"kubectl delete trainjob {NAME} -n {NS}"):
         launch(api)
     assert api.polls == 0 and api.deleted == []  # neither watched nor deleted: it is not ours
+    assert api.calls == ["create policy", "create job"]  # the policy of that name stays with that earlier job
 
 
 def test_a_restarted_jobset_is_followed_again_and_its_ranks_resume_from_the_checkpoint() -> None:
@@ -278,6 +302,10 @@ def test_run_trainjob_builds_the_job_and_runs_it_to_success() -> None:
     (created,) = api.created
     assert created["spec"]["runtimeRef"]["name"] == "kfp-ps-classifier-ps2"
     assert created["spec"]["activeDeadlineSeconds"] == 900  # the backstop, after the launcher's own timeout
+    assert api.calls == ["create policy", "create job", "own policy"]  # isolated before its first pod exists
+    assert api.policy["metadata"]["name"] == POLICY
+    assert api.policy["spec"]["podSelector"] == {"matchLabels": {"jobset.sigs.k8s.io/jobset-name": NAME}}
+    assert api.policy_owner == [{"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "name": NAME, "uid": "job-uid-1"}]
     assert f"TrainJob {NAME} succeeded" in out.getvalue()
 
 
@@ -315,3 +343,11 @@ def test_the_train_step_routes_launcher_trainjob_to_the_trainjob_launcher(tmp_pa
     local = TrainConfig(store_uri=str(tmp_path), dataset_prefix="p", output_prefix="o")
     with pytest.raises(TrainingError, match="for the trainjob launcher: its pods cannot read"):
         train(local, open_store(str(tmp_path)), "trainjob", 60, 3, RUN_ID)
+
+
+def test_a_job_the_api_server_refuses_fails_the_step_with_its_message_and_leaves_no_policy() -> None:
+    refusal = 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: ClusterTrainingRuntime kfp-ps-classifier-ps2 not found'
+    api = FakeApi([(CREATED, [])], reject=refusal)
+    with pytest.raises(TrainingError, match=rf"expected the API server to create TrainJob '{NAME}', got HTTP 422: admission webhook .* not found"):
+        launch(api)
+    assert api.calls == ["create policy", "create job", "delete policy"] and api.polls == 0

@@ -22,6 +22,7 @@ from components.training.trainjob import (
     SHIPPED_NUM_PS,
     RuntimeSettings,
     TrainJobSettings,
+    build_network_policy,
     build_runtime,
     build_trainjob,
     runtime_name,
@@ -209,13 +210,20 @@ def test_every_training_pod_runs_restricted_with_a_writable_tmp_only(pods) -> No
             assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-@pytest.mark.parametrize("pods", [runtime_pods, pytorchjob_pods], ids=["trainjob", "pytorchjob"])
-def test_the_network_policy_selects_every_training_pod(pods) -> None:
-    policy = yaml.safe_load((ROOT / "manifests" / "base" / "networkpolicy-training.yaml").read_text())
-    selector = policy["spec"]["podSelector"]["matchLabels"]
-    assert selector == TRAINING_POD_LABELS
-    for pod in pods():
-        assert selector.items() <= pod["metadata"]["labels"].items()
+def test_the_baseline_policy_selects_every_trainjob_pod_and_the_job_s_own_policy_only_its_peers() -> None:
+    documents = yaml.safe_load_all((ROOT / "manifests" / "base" / "networkpolicy-training.yaml").read_text())
+    baseline = next(d for d in documents if d["metadata"]["name"] == "kfp-ps-trainjob-baseline")
+    selector = baseline["spec"]["podSelector"]
+    assert selector["matchLabels"] == TRAINING_POD_LABELS
+    assert selector["matchExpressions"] == [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]  # JobSet sets it
+    for pod in runtime_pods():
+        assert selector["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    job = trainjob()
+    policy = build_network_policy(job)
+    same_job = {"matchLabels": {"jobset.sigs.k8s.io/jobset-name": job["metadata"]["name"]}}
+    assert policy["metadata"]["namespace"] == "kubeflow-user" and policy["spec"]["podSelector"] == same_job
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": same_job}]}]  # no ports: every port
+    assert policy["spec"]["egress"] == [{"to": [{"podSelector": same_job}]}]
 
 
 # --- render ---------------------------------------------------------------------------------------

@@ -83,8 +83,8 @@ class PodInfo:
 
 
 class JobClient(Protocol):
-    def create_job(self, manifest: dict[str, Any]) -> None:
-        """Create the job; raise :class:`JobExistsError` if the name is taken."""
+    def create_job(self, manifest: dict[str, Any]) -> str:
+        """Create the job and return its uid; raise :class:`JobExistsError` if the name is taken."""
 
     def get_status(self, name: str) -> JobStatus: ...
 
@@ -95,6 +95,15 @@ class JobClient(Protocol):
 
     def delete_job(self, name: str) -> None:
         """Delete the job and its pods; no error if it is gone already."""
+
+    def create_policy(self, manifest: dict[str, Any]) -> None:
+        """Create a NetworkPolicy; one of that name (an earlier attempt of the same run) is left as it is."""
+
+    def own_policy(self, name: str, owner: dict[str, Any]) -> None:
+        """Make the job the policy's owner, so that deleting the job deletes the policy (garbage collection)."""
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a NetworkPolicy; no error if it is gone already."""
 
 
 def job_status(job: dict[str, Any], kind: JobKind = PYTORCHJOB) -> JobStatus:
@@ -164,15 +173,17 @@ class KubernetesJobClient:
             api_client = client.ApiClient()
         self.namespace, self.kind = namespace, kind
         self.custom, self.core, self.api = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), api_client
+        self.networking = client.NetworkingV1Api(api_client)
         self._api_exception = client.ApiException
 
     def _resource(self) -> tuple[str, str, str, str]:
         return self.kind.group, self.kind.version, self.namespace, self.kind.plural
 
-    def create_job(self, manifest: dict[str, Any]) -> None:
+    def create_job(self, manifest: dict[str, Any]) -> str:
         try:
             # Strict: the API server rejects unknown fields instead of silently dropping them.
-            self.custom.create_namespaced_custom_object(*self._resource(), manifest, field_validation="Strict")
+            created = self.custom.create_namespaced_custom_object(*self._resource(), manifest, field_validation="Strict")
+            return created.get("metadata", {}).get("uid", "")
         except self._api_exception as error:
             if error.status == 409:
                 raise JobExistsError(f"a {self.kind.kind} named {manifest['metadata']['name']!r} exists already in {self.namespace}") from None
@@ -202,6 +213,28 @@ class KubernetesJobClient:
     def delete_job(self, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(*self._resource(), name, propagation_policy="Foreground")
+        except self._api_exception as error:
+            if error.status != 404:
+                raise
+
+
+    def create_policy(self, manifest: dict[str, Any]) -> None:
+        try:
+            self.networking.create_namespaced_network_policy(self.namespace, manifest)
+        except self._api_exception as error:
+            if error.status != 409:
+                raise TrainingError(f"expected the API server to create NetworkPolicy {manifest['metadata']['name']!r}, "
+                                    f"got HTTP {error.status}: {_api_message(error)}") from None
+
+    def own_policy(self, name: str, owner: dict[str, Any]) -> None:
+        try:
+            self.networking.patch_namespaced_network_policy(name, self.namespace, {"metadata": {"ownerReferences": [owner]}})
+        except self._api_exception as error:
+            raise TrainingError(f"expected to set the owner of NetworkPolicy {name!r}, got HTTP {error.status}: {_api_message(error)}") from None
+
+    def delete_policy(self, name: str) -> None:
+        try:
+            self.networking.delete_namespaced_network_policy(name, self.namespace)
         except self._api_exception as error:
             if error.status != 404:
                 raise

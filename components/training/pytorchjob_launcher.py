@@ -82,18 +82,15 @@ class LogStreams:
 
 
 def launch_job(manifest: dict[str, Any], client: JobClient, timeout_s: float, out: TextIO | None = None, poll_s: float = 5.0,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep, max_restarts: int | None = None) -> None:
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep, max_restarts: int | None = None,
+               network_policy: dict[str, Any] | None = None) -> None:
     """Create the job (a PyTorchJob or a TrainJob), stream its logs, and return when it succeeded; raise
     :class:`TrainingError` otherwise. ``max_restarts``: delete and fail the job once its pods show more
-    whole-job restarts than this (JobSet's ``restart-attempt`` label; the PyTorchJob counts its own)."""
+    whole-job restarts than this (JobSet's ``restart-attempt`` label; the PyTorchJob counts its own).
+    ``network_policy``: the job's own NetworkPolicy, created before the job and owned by it."""
     out = out or sys.stdout
     kind, name = manifest["kind"], manifest["metadata"]["name"]
-    try:
-        client.create_job(manifest)
-    except JobExistsError as error:
-        raise TrainingError(f"{error}. Job names are unique per pipeline run, so it is left over from an earlier attempt of this run: "
-                            f"delete it (kubectl delete {kind.lower()} {name} -n {manifest['metadata'].get('namespace', '')}) or start a new run") from None
-    _say(out, f"created {kind} {name}")
+    _create(manifest, client, network_policy, out)
     streams = LogStreams(client, out)
     finished = False
     try:
@@ -107,6 +104,27 @@ def launch_job(manifest: dict[str, Any], client: JobClient, timeout_s: float, ou
     if status.phase == "Failed":
         raise TrainingError(failure_message(f"{kind} {name}", status, pods, streams))
     _say(out, f"{kind} {name} succeeded")
+
+
+def _create(manifest: dict[str, Any], client: JobClient, network_policy: dict[str, Any] | None, out: TextIO) -> None:
+    """The policy first (the pods are isolated from their first packet), then the job, then the policy's owner."""
+    kind, meta = manifest["kind"], manifest["metadata"]
+    if network_policy:
+        client.create_policy(network_policy)
+    try:
+        uid = client.create_job(manifest)
+    except JobExistsError as error:
+        raise TrainingError(f"{error}. Job names are unique per pipeline run, so it is left over from an earlier attempt of this run: "
+                            f"delete it (kubectl delete {kind.lower()} {meta['name']} -n {meta.get('namespace', '')}) or start a new run") from None
+    except TrainingError:
+        if network_policy:
+            client.delete_policy(network_policy["metadata"]["name"])
+        raise
+    _say(out, f"created {kind} {meta['name']}")
+    if network_policy:
+        owner = {"apiVersion": manifest["apiVersion"], "kind": kind, "name": meta["name"], "uid": uid}
+        client.own_policy(network_policy["metadata"]["name"], owner)
+        _say(out, f"NetworkPolicy {network_policy['metadata']['name']}: only the pods of {meta['name']} reach its pods")
 
 
 launch_pytorchjob = launch_job  # the name the PyTorchJob path has always used

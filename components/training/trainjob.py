@@ -213,3 +213,22 @@ def _patch(job: str, settings: TrainJobSettings, labels: dict[str, str], gpu: bo
     pod_meta = {"labels": {**labels, **identity.pod_labels()}}
     return {"name": job, "template": {"metadata": {"labels": dict(labels)},
                                       "spec": {"template": {"metadata": pod_meta, "spec": pod_spec}}}}
+
+
+# --- the job's own NetworkPolicy -----------------------------------------------------------------
+
+
+def build_network_policy(job: dict[str, Any]) -> dict[str, Any]:
+    """Only the pods of this TrainJob reach its pods, on every port (TensorPipe opens random ones), and its
+    pods reach each other. The namespace's baseline policy (manifests/base/networkpolicy-training.yaml) denies
+    every other ingress to TrainJob pods and allows them DNS and HTTPS only; policies add up, so this one opens
+    exactly the job's own traffic. The launcher creates it before the job and makes the job its owner."""
+    name = job["metadata"]["name"]
+    peers = [{"podSelector": {"matchLabels": {JOBSET_NAME_LABEL: name}}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{name}-peers", "namespace": job["metadata"]["namespace"], "labels": dict(job["metadata"]["labels"])},
+        "spec": {"podSelector": {"matchLabels": {JOBSET_NAME_LABEL: name}}, "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": peers}], "egress": [{"to": peers}]},
+    }

@@ -7,7 +7,9 @@ It keeps every guarantee of the PyTorchJob launcher, through the same watch
 unique per pipeline run and a taken name (HTTP 409) is an error, never a reuse; every pod's log (``ps-0``,
 ``node-1``, …; a pod recreated by a restart is followed again) is streamed into the step's output; a failed
 job fails the step naming the pod that failed first, its exit code and its last lines; the timeout, a
-cancelled step (SIGTERM) or a broken watch delete the job, and its pods with it.
+cancelled step (SIGTERM) or a broken watch delete the job, and its pods with it. Each job gets its own
+NetworkPolicy (created before the job, owned by it, so deleting the job deletes it): only the job's pods
+reach its pods.
 
 Restarts: retryable failures restart the whole JobSet (the runtime's ``failurePolicy``, up to its
 ``maxRestarts`` ceiling), and every rank resumes from the latest checkpoint in the store. The run's
@@ -28,7 +30,7 @@ from components.errors import TrainingError
 from components.training.config import TrainConfig
 from components.training.kube import TRAINJOB, JobClient, KubernetesJobClient, current_namespace
 from components.training.pytorchjob_launcher import launch_job, require_cluster_store
-from components.training.trainjob import MAX_RESTARTS, TrainJobSettings, build_trainjob
+from components.training.trainjob import MAX_RESTARTS, TrainJobSettings, build_network_policy, build_trainjob
 
 # The TrainJob's own deadline only matters when the launcher is gone (its pod killed without SIGTERM): it
 # comes later than the launcher's timeout, so a watched job ends with the launcher's clearer error.
@@ -45,4 +47,4 @@ def run_trainjob(config: TrainConfig, run_id: str, timeout_s: float, backoff_lim
     settings = settings or TrainJobSettings(namespace=current_namespace())
     manifest = build_trainjob(config, run_id, settings, timeout_s=int(timeout_s) + DEADLINE_GRACE_S)
     client = client or KubernetesJobClient(settings.namespace, TRAINJOB)
-    launch_job(manifest, client, timeout_s, out, poll_s=poll_s, max_restarts=backoff_limit)
+    launch_job(manifest, client, timeout_s, out, poll_s=poll_s, max_restarts=backoff_limit, network_policy=build_network_policy(manifest))
