@@ -17,6 +17,12 @@ A pointer record names the change (``change_id``), its action (``promote`` or ``
 before and after, who made it, why and when. It is written to the pointer first (the compare-and-swap) and
 then to the history under ``history/<change_id>.json``; a change whose history record is missing (the
 writer died in between) is still reported by :meth:`Registry.history` and recorded by the next change.
+
+Integrity: ``MANIFEST.json`` lists every file's SHA-256, but it is self-asserted (a writer can change a file
+and its hash together). So a promotion first verifies every file, then records the SHA-256 of the manifest's
+own bytes (``manifest_sha256``) in the pointer and its history; a deployment serves the version by a URI
+pinned to that digest (:func:`pinned_uri`), which :func:`materialize` refuses when the manifest differs.
+Whoever can write the store can still forge a version before it is promoted: writers are trusted.
 """
 
 from __future__ import annotations

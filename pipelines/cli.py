@@ -62,7 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
     store = local_run.open_run_store(arguments)  # this process's one client; the steps open their own
     run_root = local_run.new_run_root(args.workdir)
-    local_run.run_local(run_root, arguments)
+    with local_run.stopping_descendants_on_sigterm():
+        local_run.run_local(run_root, arguments)
     summary = local_run.summarize(store, args.workdir, arguments, model_name, local_run.pushed_version(run_root))
     print(local_run.format_summary(summary, args.workdir))
     return 0

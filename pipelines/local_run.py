@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ EXECUTOR_OUTPUT = "executor_output.json"  # where kfp.local writes a task's outp
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_S = 30.0  # time for steps to clean up (a kserve deploy rolls back) before SIGKILL
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+PR_SET_PDEATHSIG = 1
 
 
 def git_commit() -> str:
@@ -164,8 +167,9 @@ def format_summary(s: Summary, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-class Interrupted(Exception):
-    """This process received one of :data:`STOP_SIGNALS`."""
+class Interrupted(BaseException):
+    """This process received one of :data:`STOP_SIGNALS` (a BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` in a library turns it into a failed task and carries on)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -176,7 +180,8 @@ def run_supervised(command: list[str]) -> int:
     """Run ``command`` (this CLI running the pipeline) in its own process group and return its exit code;
     on SIGINT or SIGTERM stop every process below this one, say so in one line and return 128 + signal."""
     _become_subreaper()  # orphans of the run (ranks whose step died) stay below this process, so they are found
-    child = subprocess.Popen(command, process_group=0, stdin=subprocess.DEVNULL)
+    parent = os.getpid()
+    child = subprocess.Popen(command, process_group=0, stdin=subprocess.DEVNULL, preexec_fn=lambda: _follow_parent(parent))
 
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted(signum)
@@ -196,9 +201,40 @@ def run_supervised(command: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _become_subreaper() -> None:
+def _prctl(option: int, value: int) -> None:
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def _become_subreaper() -> None:
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _follow_parent(parent: int) -> None:
+    """In the run's child, before it starts: get SIGTERM when the supervising CLI dies, even by SIGKILL."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextmanager
+def stopping_descendants_on_sigterm() -> Iterator[None]:
+    """Inside the run's child: on SIGTERM (from the CLI, or because the CLI died) stop every process below
+    this one before exiting, so no step or training rank outlives the run."""
+    _become_subreaper()
+
+    def stop_and_exit(signum: int, frame: object) -> None:
+        # The stopping happens here, not after unwinding: kfp.local's Popen context waits for its step on the
+        # way out, and the step only ends once it is stopped.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_descendants(STOP_GRACE_S)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop_and_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop_descendants(grace_s: float) -> int:

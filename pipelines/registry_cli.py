@@ -1,13 +1,14 @@
 """``python -m pipelines registry …``: see and move a model registry by hand.
 
     registry list     --store URI --model NAME                  versions, metrics, lineage; * marks production
-    registry show     --store URI --model NAME [--version N]    one manifest (default: the production version)
+    registry show     --store URI --model NAME [--version N]    one manifest (default: production), its files checked
     registry history  --store URI --model NAME                  every change of the production pointer
     registry promote  --store URI --model NAME --version N [--reason TEXT] [--actor WHO]
     registry rollback --store URI --model NAME [--reason TEXT] [--actor WHO]
     registry gc       --store URI --model NAME [--older-than-hours H] [--dry-run]   files of pushes that died
 
-Promote and rollback are compare-and-swap writes on the pointer: when another run moves it at the same
+Promote and rollback verify every file of the version against its hash first, and record the manifest's
+SHA-256 in the pointer. They are compare-and-swap writes on the pointer: when another run moves it at the same
 moment, the command fails and says where the pointer went. :func:`add_registry_commands` plugs these into
 the project's CLI; every handler raises a :class:`ProjectError` with a one-line reason on failure.
 """

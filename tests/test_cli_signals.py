@@ -89,6 +89,28 @@ def test_stopping_the_cli_stops_its_steps_and_training_ranks_and_says_so_in_one_
     assert err.strip().splitlines()[-1].startswith(f"interrupted by {signal.Signals(sig).name}: stopped")
 
 
+@pytest.mark.slow
+def test_a_cli_killed_with_sigkill_still_leaves_no_step_or_rank_running(tmp_path: Path) -> None:
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", "--local", "--workdir", str(tmp_path), "--param", "epochs=100000",
+         "--param", f"serving_port={free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree: dict[int, tuple[str, str]] = {}
+    try:
+        tree = wait_for_training_ranks(cli)
+        cli.kill()
+        cli.wait()
+        deadline = time.monotonic() + GUARD_S  # the run's child stops the rest: wait for it, bounded by the guard
+        while still_running(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        survivors = still_running(tree)
+    finally:
+        for pid in still_running(tree):
+            os.kill(pid, signal.SIGKILL)
+        stop(tmp_path / "serving")
+    assert survivors == {}
+
+
 def test_the_server_environment_keeps_what_serving_needs_and_drops_the_kubeflow_token() -> None:
     env = server_environment({"PATH": "/bin", "HOME": "/home/u", "AZURE_STORAGE_CONNECTION_STRING": "conn",
                               "AZURE_CLIENT_ID": "id", "KF_PIPELINES_TOKEN": "secret", "AWS_SECRET_ACCESS_KEY": "k",
