@@ -43,6 +43,10 @@ class Header:
     width: int
     height: int
 
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
 
 def read_header(data: bytes, max_pixels: int | None = None) -> tuple[Image.Image, Header]:
     """Open ``data`` reading only its header, and check its format and size before any pixel is decoded
@@ -64,6 +68,14 @@ def read_header(data: bytes, max_pixels: int | None = None) -> tuple[Image.Image
         raise ImageDecodeError(f"expected at most {max_pixels:,} pixels, found a {header.width}x{header.height} "
                                f"{header.format} ({header.width * header.height:,} pixels)")
     return image, header
+
+
+def read_header_only(data: bytes, max_pixels: int | None = None) -> Header:
+    """The checked header of ``data`` (:func:`read_header`), the file closed again: what a caller needs to
+    budget a batch of images before decoding any of them."""
+    image, header = read_header(data, max_pixels)
+    image.close()
+    return header
 
 
 def decode_fit(data: bytes, channels: int, height: int, width: int, max_pixels: int | None = None) -> tuple[np.ndarray, Header]:

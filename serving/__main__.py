@@ -1,6 +1,7 @@
-"""``python -m serving --model-uri URI [--model-name NAME] [--http-port PORT]``: serve one model version.
+"""``python -m serving --model-uri URI [--model-name NAME] [--http-port PORT] [--listen-address ADDR]``: serve one model version.
 
-Extends KServe's own argument parser, so KServe's server options work too.
+Extends KServe's own argument parser, so KServe's server options work too. Listens on 127.0.0.1 unless
+``--listen-address`` says otherwise (a container passes 0.0.0.0); gRPC only with ``--enable_grpc true``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import logging
 import sys
 
 import torch
-from kserve import ModelServer
 from kserve import logging as kserve_logging
 from kserve import model_server as kserve_server
 from kserve.utils import utils as kserve_utils
 
 from components.errors import ProjectError
-from serving import protocol
+from components.imagefile import MAX_IMAGE_PIXELS
+from serving import http_limits, protocol
 from serving.batching import BatchingOptions
+from serving.cpu import cpu_limit
 from serving.model import DEFAULT_MAX_INSTANCES, ImageClassifier
+from serving.server import DEFAULT_MAX_CONNECTIONS, HardenedModelServer, NetworkSettings
 
 DEFAULT_MAX_BODY_MB = 16.0
 
@@ -30,6 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", "--model_name", dest="model_name", default="classifier", help="name in the REST paths")
     parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080)
     parser.add_argument("--grpc-port", "--grpc_port", dest="grpc_port", type=int, default=8081)
+    parser.add_argument("--enable_grpc", "--enable-grpc", dest="enable_grpc", type=kserve_utils.strtobool, default=False,
+                        help="also serve the Open Inference Protocol over gRPC (without its model-repository RPCs)")
+    parser.add_argument("--listen-address", "--http-host", dest="listen_address", default="127.0.0.1",
+                        help="address HTTP and gRPC listen on (a container: 0.0.0.0)")
+    parser.add_argument("--max-header-bytes", type=_positive_int, default=http_limits.DEFAULT_MAX_HEADER_BYTES,
+                        help="largest request line plus headers in bytes (larger: 431)")
+    parser.add_argument("--max-headers", type=_positive_int, default=http_limits.DEFAULT_MAX_HEADERS, help="most request headers (more: 431)")
+    parser.add_argument("--request-timeout-s", type=_positive_float, default=http_limits.DEFAULT_REQUEST_TIMEOUT_S,
+                        help="longest a request may take to arrive whole, headers and body (longer: 408)")
+    parser.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="most open connections or requests in progress (more: 503)")
+    parser.add_argument("--max-request-pixels", type=_positive_int, default=MAX_IMAGE_PIXELS,
+                        help="most decoded pixels the encoded images of one request may add up to, from their headers (more: 400)")
+    parser.add_argument("--decode-threads", type=_positive_int, default=cpu_limit(),
+                        help="threads that decode image files (default: the container's CPU limit)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes: 1 (scale with replicas instead)")
     parser.add_argument("--max-instances", type=_positive_int, default=DEFAULT_MAX_INSTANCES, help="most images one request may carry (more: 400)")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body in MiB (larger: 413)")
@@ -38,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=_positive_int, default=64, help="most images in one forward pass")
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="longest a request waits for others to join its batch")
     parser.add_argument("--torch-threads", type=_positive_int, default=default_torch_threads(),
-                        help="CPU threads per forward pass (default: the CPUs this container may use, minus one for the event loop)")
+                        help="CPU threads per forward pass (default: the container's CPU limit, minus one for the event loop)")
     return parser
 
 
 def default_torch_threads() -> int:
     # More compute threads than free cores makes OpenMP spin against the event loop: tail latency explodes.
-    return max(1, kserve_utils.cpu_count() - 1)
+    return max(1, cpu_limit() - 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"expected --workers 1, found {args.workers}: run more replicas (minReplicas/maxReplicas) instead")
     torch.set_num_threads(args.torch_threads)
     batching = BatchingOptions(args.batching, args.max_batch_size, args.max_batch_wait_ms)
-    model = ImageClassifier(args.model_name, args.model_uri, max_instances=args.max_instances, batching=batching)
+    model = ImageClassifier(args.model_name, args.model_uri, max_instances=args.max_instances, batching=batching,
+                            max_request_pixels=args.max_request_pixels, decode_threads=args.decode_threads)
     try:
         model.load()
     except ProjectError as exc:
@@ -68,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     # that happens to wait behind it).
     gc.freeze()
     # One worker process: the batcher coalesces requests only when they share a process.
-    server = ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, workers=1)
+    server = HardenedModelServer(network_settings(args), max_asyncio_workers=min(32, cpu_limit() + 4))
     if not args.enable_latency_logging:
         # KServe also logs two timing lines per request on this logger whatever the flag says; "no latency
         # logging" means none (Prometheus keeps the latency histograms). Set after ModelServer configures logging.
@@ -77,10 +96,26 @@ def main(argv: list[str] | None = None) -> None:
     server.start([model])
 
 
+def network_settings(args: argparse.Namespace) -> NetworkSettings:
+    limits = http_limits.HttpLimits(args.max_header_bytes, args.max_headers, args.request_timeout_s)
+    return NetworkSettings(args.listen_address, args.http_port, args.grpc_port if args.enable_grpc else None, limits,
+                           args.max_connections, args.timeout_keep_alive)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
 

@@ -1,4 +1,7 @@
-"""A REST client for the predictor: ``python -m serving.client --url URL [--protocol v1|v2] [--token TOKEN] IMAGE…``.
+"""A REST client for the predictor: ``python -m serving.client --url URL [--protocol v1|v2] [--token-file FILE] IMAGE…``.
+
+The bearer token (for an endpoint behind the mesh's authentication) comes from ``--token-file`` or
+``$PREDICTOR_TOKEN``, never from the command line, where every user on the machine sees it in ``ps``.
 
 IMAGE is a PNG/JPEG file, sent as it is (v1 ``{"b64": ...}``, v2 a BYTES tensor ``image_bytes``): the
 server converts it with the same preprocessing training used. A ``.npy`` file holds pixel values
@@ -11,7 +14,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ import numpy as np
 import requests
 
 TIMEOUT_S = 30
+TOKEN_ENV = "PREDICTOR_TOKEN"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -127,17 +133,31 @@ def predict_files(url: str, model: str, paths: list[Path], protocol: str, token:
     return [{"file": str(p), **r} for p, r in zip(paths, results)]
 
 
+def read_token(token_file: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token from ``token_file`` if given, else ``$PREDICTOR_TOKEN``, else None (no token)."""
+    if token_file is None:
+        return environ.get(TOKEN_ENV, "").strip() or None
+    token = token_file.read_text(encoding="utf-8").strip().removeprefix("Bearer ").strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"expected one bearer token in {token_file}, found {'nothing' if not token else 'whitespace inside it'}")
+    return token
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--model", default="classifier", help="model name")
     parser.add_argument("--protocol", choices=("v1", "v2"), default="v1")
-    parser.add_argument("--token", help="bearer token (e.g. for an Istio-protected endpoint)")
+    parser.add_argument("--token-file", type=Path, help=f"file holding the bearer token (default: ${TOKEN_ENV}; none if unset)")
+    parser.add_argument("--token", help=argparse.SUPPRESS)  # only to refuse it with a reason
     parser.add_argument("--top-k", type=int, help="also return the k most likely classes")
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args(argv)
+    if args.token is not None:
+        sys.exit(f"error: expected the token in --token-file or ${TOKEN_ENV}, found --token on the command line (visible to every user in ps)")
     try:
-        results = predict_files(args.url, args.model, args.images, args.protocol, args.token, args.top_k)
+        token = read_token(args.token_file)
+        results = predict_files(args.url, args.model, args.images, args.protocol, token, args.top_k)
     except (requests.RequestException, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps(results, indent=2))

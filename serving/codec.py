@@ -31,7 +31,7 @@ import orjson
 from kserve import InferOutput
 from kserve.errors import InvalidInput
 
-from components.imagefile import ImageDecodeError, decode_fit
+from components.imagefile import MAX_IMAGE_PIXELS, ImageDecodeError, decode_fit, read_header_only
 from components.modelfile import ModelCard
 
 PIXELS_INPUT = "images"
@@ -55,10 +55,12 @@ class ServingSpec:
     width: int
     class_names: tuple[str, ...]
     max_instances: int
+    # Decoded pixels one request's encoded images may add up to, counted from their headers.
+    max_request_pixels: int = MAX_IMAGE_PIXELS
 
     @classmethod
-    def from_card(cls, card: ModelCard, max_instances: int) -> ServingSpec:
-        return cls(card.in_channels, card.height, card.width, tuple(card.class_names), max_instances)
+    def from_card(cls, card: ModelCard, max_instances: int, max_request_pixels: int = MAX_IMAGE_PIXELS) -> ServingSpec:
+        return cls(card.in_channels, card.height, card.width, tuple(card.class_names), max_instances, max_request_pixels)
 
     @property
     def input_shape(self) -> list[int]:
@@ -106,8 +108,20 @@ def decode_v1(payload: Any, spec: ServingSpec) -> Batch:
         raise InvalidInput(f'expected "instances" to be a list, found {_kind(instances)}')
     check_count(len(instances), spec)
     top_k = parse_parameters(payload.get("parameters"), spec)
-    images = [decode_instance(instance, spec, f"instance {i}") for i, instance in enumerate(instances)]
+    wheres = [f"instance {i}" for i in range(len(instances))]
+    encoded = [_instance_bytes(instance, where) for instance, where in zip(instances, wheres)]
+    check_pixel_budget([(w, e) for w, e in zip(wheres, encoded) if e is not None], spec)
+    images = [decode_instance(i, spec, w) if e is None else decode_image(e, spec, w) for i, e, w in zip(instances, encoded, wheres)]
     return Batch(np.stack(images), top_k)
+
+
+def _instance_bytes(instance: Any, where: str) -> bytes | None:
+    """The encoded image of a ``{"b64": ...}`` instance; None for pixel values."""
+    if not isinstance(instance, dict):
+        return None
+    if set(instance) != {"b64"}:
+        raise InvalidInput(f'{where}: expected {{"b64": "<base64 PNG or JPEG>"}} or pixel values, found an object with fields {sorted(instance)}')
+    return base64_bytes(instance["b64"], where)
 
 
 def has_encoded_images(payload: Any) -> bool:
@@ -126,10 +140,9 @@ def parse_json(body: bytes) -> Any:
 
 def decode_instance(instance: Any, spec: ServingSpec, where: str) -> np.ndarray:
     """One v1 instance (pixel values or ``{"b64": ...}``) as ``float32 [C,H,W]``."""
-    if isinstance(instance, dict):
-        if set(instance) != {"b64"}:
-            raise InvalidInput(f'{where}: expected {{"b64": "<base64 PNG or JPEG>"}} or pixel values, found an object with fields {sorted(instance)}')
-        return decode_base64_image(instance["b64"], spec, where)
+    encoded = _instance_bytes(instance, where)
+    if encoded is not None:
+        return decode_image(encoded, spec, where)
     array = _numeric_array(instance, where, f"a nested list of numbers shaped {_instance_shape_text(spec)}")
     if array.ndim == 2 and spec.channels == 1:
         array = array[None]
@@ -183,14 +196,16 @@ def decode_bytes_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
     elements = _flatten(tensor.data)
     if len(elements) != shape[0]:
         raise InvalidInput(f"expected {shape[0]} encoded images for shape {shape}, found {len(elements)}")
-    return np.stack([_decode_element(e, spec, f"image {i}") for i, e in enumerate(elements)])
+    encoded = [(f"image {i}", _element_bytes(e, f"image {i}")) for i, e in enumerate(elements)]
+    check_pixel_budget(encoded, spec)
+    return np.stack([decode_image(data, spec, where) for where, data in encoded])
 
 
-def _decode_element(element: Any, spec: ServingSpec, where: str) -> np.ndarray:
+def _element_bytes(element: Any, where: str) -> bytes:
     # Binary tensor data carries raw image bytes; JSON can only carry text, so images arrive base64-encoded.
     if isinstance(element, bytes | bytearray):
-        return decode_image(bytes(element), spec, where)
-    return decode_base64_image(element, spec, where)
+        return bytes(element)
+    return base64_bytes(element, where)
 
 
 # -- images, pixels, parameters --------------------------------------------------------------------------
@@ -198,13 +213,34 @@ def _decode_element(element: Any, spec: ServingSpec, where: str) -> np.ndarray:
 
 def decode_base64_image(text: Any, spec: ServingSpec, where: str) -> np.ndarray:
     """Base64 text of a PNG/JPEG file as ``float32 [C,H,W]`` pixels."""
+    return decode_image(base64_bytes(text, where), spec, where)
+
+
+def base64_bytes(text: Any, where: str) -> bytes:
     if not isinstance(text, str):
         raise InvalidInput(f"{where}: expected a base64 string of a PNG or JPEG file, found {_kind(text)}")
     try:
-        encoded = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(f"{where}: expected base64 text of a PNG or JPEG file, found characters or padding that are not base64") from None
-    return decode_image(encoded, spec, where)
+
+
+def check_pixel_budget(encoded: Sequence[tuple[str, bytes]], spec: ServingSpec) -> None:
+    """Refuse a request whose images would decode to more than ``spec.max_request_pixels`` in all, counted
+    from each image's header before any is decoded: decoding is the costly step (CPU and memory), and a
+    small file can claim a huge image."""
+    total, first_over = 0, None
+    for where, data in encoded:
+        try:
+            header = read_header_only(data)
+        except ImageDecodeError as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+        total += header.pixels
+        if first_over is None and total > spec.max_request_pixels:
+            first_over = f"{where}, {header.width}x{header.height}"
+    if first_over is not None:
+        raise InvalidInput(f"expected at most {spec.max_request_pixels:,} decoded pixels per request, found {total:,} "
+                           f"in {len(encoded)} images (the first over the budget: {first_over})")
 
 
 def decode_image(encoded: bytes, spec: ServingSpec, where: str) -> np.ndarray:

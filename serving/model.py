@@ -14,6 +14,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from kserve import InferInput, InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import to_http_parameters
 
+from components.imagefile import MAX_IMAGE_PIXELS
 from components.modelfile import ModelCard, load_model, verify_manifest
 from components.predict import predict_proba
 from components.registry import materialize
@@ -47,10 +49,15 @@ DEFAULT_MAX_INSTANCES = 64
 
 
 class ImageClassifier(Model):
-    def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None):
+    def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None,
+                 max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1):
         super().__init__(name)
         self.model_uri = model_uri
         self.max_instances = max_instances
+        self.max_request_pixels = max_request_pixels
+        # Its own small pool, sized from the CPU limit: image decoding is CPU- and memory-heavy, and KServe's
+        # default pool (up to 32 threads) would run as many decodes at once as it has threads.
+        self.decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix=f"{name}-decode")
         self.batching = batching or BatchingOptions()
         self.net: torch.nn.Module | None = None
         self.card: ModelCard | None = None
@@ -65,7 +72,7 @@ class ImageClassifier(Model):
             # Refuse to serve anything whose files do not match the manifest (raises, names the file).
             self.manifest = verify_manifest(folder)
             self.net, self.card = load_model(folder, device)
-        self.spec = ServingSpec.from_card(self.card, self.max_instances)
+        self.spec = ServingSpec.from_card(self.card, self.max_instances, self.max_request_pixels)
         self.forward(np.zeros((1, *self.card.input_shape), dtype=np.float32))  # a model that cannot run is not ready
         self.batcher = Batcher(self.forward, self.batching, self.name)
         logger.info("loaded %s version %s (%s) on %s; batching %s", self.name, self.manifest.get("version"), self.card.arch, device, self.batching)
@@ -75,6 +82,7 @@ class ImageClassifier(Model):
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         super().stop()
 
     def get_input_types(self) -> list[dict]:
@@ -97,10 +105,12 @@ class ImageClassifier(Model):
 
     async def _decode(self, decode: Callable[..., Batch], images: bool, *args: Any) -> Batch:
         """Pixel lists decode in microseconds: on the event loop. Image files take milliseconds of PIL work,
-        which releases the GIL: on a thread, so the loop keeps serving meanwhile. Meanwhile the batcher knows
-        this request is on its way."""
+        which releases the GIL: on the decode pool, so the loop keeps serving meanwhile. Meanwhile the batcher
+        knows this request is on its way."""
         with self.batcher.arriving():
-            return await asyncio.to_thread(decode, *args) if images else decode(*args)
+            if not images:
+                return decode(*args)
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, decode, *args)
 
     async def _infer_v2(self, request: InferRequest) -> InferResponse:
         tensors = [Tensor(t.name, t.datatype, list(t.shape), _tensor_data(t)) for t in request.inputs]

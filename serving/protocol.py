@@ -59,7 +59,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not is_byte_count(declared):
             await send_error(send, 400, f"expected Content-Length to be a number of bytes, found {declared!r}")
             return
         if declared is not None and int(declared) > self.max_bytes:
@@ -98,6 +98,11 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def is_byte_count(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts digits such as "²" that ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -213,7 +218,7 @@ def parse_infer_body(body: bytes, json_length: str | None, model_name: str) -> I
 def _json_length(value: str | None, body_length: int) -> int:
     if value is None:
         return body_length
-    if not value.strip().isdigit() or int(value) > body_length:
+    if not is_byte_count(value.strip()) or int(value) > body_length:
         raise InvalidInput(f"expected {INFERENCE_CONTENT_LENGTH_HEADER} to be a byte count from 0 to {body_length}, found {value!r}")
     return int(value)
 

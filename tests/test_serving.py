@@ -131,7 +131,7 @@ def test_kserve_inference_rest_client_interoperates(predictor):
 
 
 def test_kserve_inference_grpc_client_interoperates(predictor, predictor_grpc):
-    """The same over gRPC (on by default in KServe): raw tensors, BYTES, top_k, and bad input as INVALID_ARGUMENT."""
+    """The same over gRPC (asked for with --enable_grpc true): raw tensors, BYTES, top_k, and bad input as INVALID_ARGUMENT."""
     batch = pixels(2, seed=6)
     png = np.array([encode(Image.fromarray(p[0].astype(np.uint8))) for p in batch], dtype=object)
     expected = v2_probabilities(infer_v2(predictor, MODEL, batch))
