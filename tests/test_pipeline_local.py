@@ -35,7 +35,10 @@ def test_badly_typed_parameter_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("name", ["digits\n", "Digits", "my_model"])
 def test_an_invalid_model_name_is_refused_before_any_step_runs(tmp_path, name):
-    result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", f"model_name={name}")
+    try:
+        result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", f"model_name={name}")
+    finally:
+        stop(tmp_path / "serving")  # (the old code ran the whole pipeline, and deployed a "digits\n" model)
     assert result.returncode != 0 and "pipeline parameter 'model_name': expected a model name" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "store").exists()  # nothing was prepared or trained
 

@@ -12,6 +12,10 @@ def evaluate_model(dataset: Input[Dataset], model: Input[Model], store_uri: str,
                    evaluation: Output[Artifact]) -> str:
     """Score the candidate on the test split against the threshold and the production model (champion).
 
+    Only like is compared with like: a candidate of fewer than two classes, or whose class names, input
+    shape or preprocessing differ from production's, is rejected with the reason. The evaluation records
+    the champion's version; the deploy step promotes only while production is still that version.
+
     Returns the gate's decision, "accepted" or "rejected"; the reason is in the report and the log.
 
     Args:
