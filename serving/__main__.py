@@ -22,7 +22,7 @@ from serving import http_limits, protocol
 from serving.batching import BatchingOptions
 from serving.cpu import cpu_limit
 from serving.model import DEFAULT_MAX_INSTANCES, ImageClassifier
-from serving.server import DEFAULT_MAX_CONNECTIONS, HardenedModelServer, NetworkSettings
+from serving.server import HardenedModelServer, NetworkSettings
 
 DEFAULT_MAX_BODY_MB = 16.0
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-headers", type=_positive_int, default=http_limits.DEFAULT_MAX_HEADERS, help="most request headers (more: 431)")
     parser.add_argument("--request-timeout-s", type=_positive_float, default=http_limits.DEFAULT_REQUEST_TIMEOUT_S,
                         help="longest a request may take to arrive whole, headers and body (longer: 408)")
-    parser.add_argument("--max-connections", type=_positive_int, default=DEFAULT_MAX_CONNECTIONS,
+    parser.add_argument("--max-connections", type=_positive_int, default=http_limits.DEFAULT_MAX_CONNECTIONS,
                         help="most open connections or requests in progress (more: 503)")
     parser.add_argument("--max-request-pixels", type=_positive_int, default=MAX_IMAGE_PIXELS,
                         help="most decoded pixels the encoded images of one request may add up to, from their headers (more: 400)")
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def network_settings(args: argparse.Namespace) -> NetworkSettings:
-    limits = http_limits.HttpLimits(args.max_header_bytes, args.max_headers, args.request_timeout_s)
+    limits = http_limits.HttpLimits(args.max_header_bytes, args.max_headers, args.request_timeout_s, args.max_connections)
     return NetworkSettings(args.listen_address, args.http_port, args.grpc_port if args.enable_grpc else None, limits,
-                           args.max_connections, args.timeout_keep_alive)
+                           args.timeout_keep_alive)
 
 
 def _positive_int(text: str) -> int:

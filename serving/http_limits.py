@@ -9,7 +9,9 @@ half a request is held open forever. :func:`limited_protocol` returns uvicorn's 
   arriving is counted on the raw bytes, so a never-ending header is cut off after the limit, not buffered;
 - at most ``max_headers`` headers: 431;
 - a request whose headers and body have not all arrived ``request_timeout_s`` after its first byte: 408;
-- a connection that sends nothing at all: closed after the keep-alive timeout, as between requests.
+- a connection that sends nothing at all: closed after the keep-alive timeout, as between requests;
+- a request arriving while ``max_connections`` connections are open or requests in progress: 503
+  (uvicorn's own ``limit_concurrency`` answers a plain-text 503 that says nothing).
 
 Every refusal is one JSON line, ``{"error": "..."}``, and closes the connection.
 """
@@ -26,7 +28,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # Envoy's own default is 60 KiB: nothing the mesh forwards is refused
 DEFAULT_MAX_HEADERS = 100  # Envoy's default too
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# A 2-CPU predictor is saturated long before this; beyond it each connection is memory (a body up to the
+# body limit), so more waiting requests only push the pod towards its memory limit.
+DEFAULT_MAX_CONNECTIONS = 128
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,10 @@ class HttpLimits:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_headers: int = DEFAULT_MAX_HEADERS
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
-        if min(self.max_header_bytes, self.max_headers) < 1 or not self.request_timeout_s > 0:
+        if min(self.max_header_bytes, self.max_headers, self.max_connections) < 1 or not self.request_timeout_s > 0:
             raise ValueError(f"expected positive HTTP limits, found {self}")
 
 
@@ -94,6 +100,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done, self._raw_header_bytes = True, 0
+        busy = max(len(self.connections), len(self.tasks) + 1)  # this connection is counted, its request not yet
+        if not self._refused and busy > self.limits.max_connections:
+            self._refuse(503, f"expected at most {self.limits.max_connections} connections or requests in progress, found {busy}: retry later")
         if not self._refused:  # a refused request never reaches the app
             super().on_headers_complete()
 

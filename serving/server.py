@@ -6,8 +6,7 @@ one unauthenticated ``RepositoryModelUnload`` removes the model while the health
 :class:`HardenedModelServer` starts the same REST app and gRPC servicer, but:
 
 - on ``listen_address`` (127.0.0.1 unless told otherwise; the cluster's container passes 0.0.0.0);
-- HTTP through :func:`serving.http_limits.limited_protocol`, with at most ``max_connections`` connections
-  or requests at once (more: 503, uvicorn's ``limit_concurrency``);
+- HTTP through :func:`serving.http_limits.limited_protocol` (header limits, request timeout, connection cap);
 - gRPC only when asked for, with the repository RPCs answered PERMISSION_DENIED (the REST ones are refused
   by :class:`serving.protocol.NotOffered`).
 """
@@ -34,7 +33,6 @@ from kserve.protocol.rest.server import RESTServer
 from serving.http_limits import HttpLimits, limited_protocol
 
 REPOSITORY_DISABLED = "model repository operations are disabled: this server serves one verified model version"
-DEFAULT_MAX_CONNECTIONS = 128
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,6 @@ class NetworkSettings:
     http_port: int = 8080
     grpc_port: int | None = None  # None: no gRPC server
     http_limits: HttpLimits = field(default_factory=HttpLimits)
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
     timeout_keep_alive_s: int = 65
 
 
@@ -78,7 +75,6 @@ class HardenedModelServer(ModelServer):
         # uvicorn reads these when the server loads its config, at start.
         rest.config.host = self.settings.listen_address
         rest.config.http = limited_protocol(self.settings.http_limits)
-        rest.config.limit_concurrency = self.settings.max_connections
         return rest
 
 

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -219,6 +220,34 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(hardened):
         finally:
             sock.close()
         assert answer.startswith(b"HTTP/1.1 200") if used else answer == b""
+
+
+def until_served(url: str) -> int:
+    """The first status other than 503 (the server notices a closed connection in its own time)."""
+    deadline = time.monotonic() + NEVER_S
+    while (status := requests.get(url, timeout=NEVER_S).status_code) == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return status
+
+
+def test_a_request_beyond_the_connection_limit_is_503_until_one_closes(served_version, tmp_path):
+    port, log = free_port(), tmp_path / "server.log"
+    proc = serve(str(served_version), port, log, "--max-connections", "2")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        held = [connect(url) for _ in range(2)]
+        for sock in held:  # one answered request each: the server has surely registered the connection
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        refused = requests.get(f"{url}/v2/health/live", timeout=NEVER_S)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "expected at most 2 connections or requests in progress, found 3: retry later"
+        held.pop().close()
+        assert until_served(f"{url}/v2/health/live") == 200
+        held.pop().close()
+    finally:
+        stop(proc)
 
 
 # -- 4: the decoded-pixel budget ------------------------------------------------------------------------------------
