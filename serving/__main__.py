@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()
     # One worker process: the batcher coalesces requests only when they share a process.
     server = HardenedModelServer(network_settings(args), max_asyncio_workers=min(32, cpu_limit() + 4))
+    # Operators check here that the pod's CPU limit was read (cgroup v2 or v1), not the node's cores.
+    logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME).info("CPU limit %d: %d decode threads, %d torch threads; %s", cpu_limit(),
+                                                             args.decode_threads, args.torch_threads, server.settings)
     if not args.enable_latency_logging:
         # KServe also logs two timing lines per request on this logger whatever the flag says; "no latency
         # logging" means none (Prometheus keeps the latency histograms). Set after ModelServer configures logging.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -382,7 +383,7 @@ def recorder():
 
 
 def run_client(url: str, image: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in __import__("os").environ.items() if k != "PREDICTOR_TOKEN"} | (env or {})
+    environ = {k: v for k, v in os.environ.items() if k != "PREDICTOR_TOKEN"} | (env or {})
     return subprocess.run([sys.executable, "-m", "serving.client", "--url", url, *options, str(image)],
                           capture_output=True, text=True, timeout=60, env=environ)
 
