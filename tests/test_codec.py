@@ -165,6 +165,33 @@ def test_an_image_larger_than_the_pixel_limit_is_rejected_before_decoding(monkey
         decode_image(buffer.getvalue(), GRAY, "image")
 
 
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+BUDGET = ServingSpec(1, 4, 5, ("a", "b", "c"), max_instances=3, max_request_pixels=300)
+
+
+def test_the_pixel_budget_counts_every_encoded_image_of_a_request_in_v1_and_v2():
+    images = [png_bytes(10, 10), png_bytes(10, 10), png_bytes(10, 11)]  # 310 pixels in all, over 300
+    message = "expected at most 300 decoded pixels per request, found 310 in 3 images (the first over the budget: {}, 10x11)"
+    with pytest.raises(InvalidInput) as v1:
+        decode_v1({"instances": [{"b64": base64.b64encode(i).decode()} for i in images]}, BUDGET)
+    assert str(v1.value) == message.format("instance 2")
+    with pytest.raises(InvalidInput) as v2:
+        decode_v2([Tensor("image_bytes", "BYTES", [3], images)], None, BUDGET)
+    assert str(v2.value) == message.format("image 2")
+    assert len(decode_v2([Tensor("image_bytes", "BYTES", [3], images[:2] + [png_bytes(10, 10)])], None, BUDGET).pixels) == 3
+
+
+def test_pixel_values_do_not_count_against_the_pixel_budget():
+    pixels = [[[0.0] * 5] * 4] * 2
+    batch = decode_v1({"instances": [*pixels, {"b64": base64.b64encode(png_bytes(15, 20)).decode()}]}, BUDGET)
+    assert batch.pixels.shape == (3, 1, 4, 5)
+
+
 # -- v2 -------------------------------------------------------------------------------------------------------------
 
 shapes = st.lists(st.integers(-2, 6), max_size=5) | st.just([2, 1, 4, 5]) | st.just([1, 3, 4, 5]) | json_values
