@@ -160,11 +160,23 @@ class Registry:
         return manifest_digest(data)
 
     def verify(self, version: int) -> str:
-        """Check every file of ``version`` against its manifest (downloading it); return the manifest's digest."""
+        """Check every file of ``version`` against its manifest (downloading it), and the manifest against the
+        digest recorded when the version was last promoted; return the manifest's digest."""
         with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
             self.download(version, Path(tmp))
             # The digest of the very bytes the files were checked against, not of a second read.
             return sha256_file(Path(tmp) / MANIFEST_FILE)
+
+    def _check_recorded(self, version: int, digest: str) -> None:
+        recorded = self.promoted_digests().get(version)
+        if recorded is not None and recorded != digest:
+            # Manifests are written once: a different one is a forgery (files and hashes changed together).
+            raise ModelFormatError(f"{MANIFEST_FILE} of {self.name} version {version} changed since it was promoted: "
+                                   f"its SHA-256 is {digest}, the pointer's history recorded {recorded}")
+
+    def promoted_digests(self) -> dict[int, str]:
+        """Version → the manifest SHA-256 recorded the last time the pointer moved to it."""
+        return {r["version"]: r["manifest_sha256"] for r in self.history() if r.get("manifest_sha256")}
 
     def _manifest_bytes(self, version: int) -> bytes:
         try:
@@ -183,12 +195,14 @@ class Registry:
         return manifest
 
     def download(self, version: int, dest: Path) -> dict[str, Any]:
-        """Download a version into ``dest`` and verify every file's SHA-256; return its manifest."""
+        """Download a version into ``dest``, verify every file's SHA-256 and, for a version that was promoted,
+        the manifest's against the digest recorded then; return its manifest."""
         manifest = self.manifest(version)
         dest.mkdir(parents=True, exist_ok=True)
         for name in [*manifest["files"], MANIFEST_FILE]:  # plain names: checked by parse_manifest
             self.store.download_file(join_key(self.version_prefix(version), name), dest / name)
         verify_manifest(dest, where=f"{self.name} version {version} at {self.version_uri(version)}")
+        self._check_recorded(version, sha256_file(dest / MANIFEST_FILE))
         return manifest
 
     # -- pushes that died before their manifest ---------------------------------------------------

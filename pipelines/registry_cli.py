@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from components.registry import Registry, validate_model_name
 from components.store import open_store
 
 MISSING = "-"
+FORGED = "manifest-changed-since-promotion(forged?)"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"no versions of {registry.name} in {registry.store.uri}")
         return
     rows = [summarize_manifest(registry.manifest(v)) for v in versions]
+    recorded = registry.promoted_digests()
+    # A promoted version whose manifest changed since: its metrics and verdict cannot be believed.
+    rows = [replace(r, verdict=FORGED) if r.version in recorded and registry.manifest_sha256(r.version) != recorded[r.version]
+            else r for r in rows]
     print(format_versions(rows, registry.production().version))
 
 

@@ -73,3 +73,17 @@ def test_compare_cards_names_each_difference() -> None:
     other = replace(DIGITS, preprocess="resize-nearest", in_channels=3, mean=[0.1] * 3, std=[0.2] * 3)
     found = compare_cards(other, DIGITS)
     assert any("preprocess" in d for d in found) and any("input shape [3, 28, 28]" in d for d in found)
+
+
+def test_a_champion_whose_manifest_changed_since_its_promotion_fails_the_evaluation_loudly(prepared, tmp_path: Path) -> None:
+    import json
+
+    from components.errors import ModelFormatError
+
+    name = f"forged-{uuid.uuid4().hex[:6]}"
+    promote_champion(prepared.store_uri, name, make_version_folder(tmp_path / "champion", seed=1))
+    store = open_store(prepared.store_uri)
+    key = f"{Registry(store, name).version_prefix(1)}/MANIFEST.json"
+    store.write_bytes(key, json.dumps({**json.loads(store.read_bytes(key)), "metrics": {"accuracy": 1.0}}).encode())
+    with pytest.raises(ModelFormatError, match="changed since it was promoted"):
+        evaluate(prepared, name, DIGITS, tmp_path)

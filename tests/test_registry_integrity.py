@@ -149,3 +149,23 @@ def test_a_served_version_whose_card_claims_a_huge_input_is_refused(version_fold
 
     with pytest.raises(ModelFormatError, match="model.json height"):
         load_model(version_folder)
+
+
+def test_a_manifest_forged_after_promotion_is_noticed_by_show_list_and_a_later_promotion(
+    store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(open_store(store_uri), MODEL)
+    push_tagged(store_uri, str(tmp_path), "a")
+    push_tagged(store_uri, str(tmp_path / "b"), "b")
+    registry.promote(1, "run-1")
+    registry.promote(2, "run-2")
+    forge(registry, 1, b"other weights")  # every file matches the forged manifest: only the recorded digest can tell
+    code = main(["registry", "show", "--store", store_uri, "--model", MODEL, "--version", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "changed since it was promoted" in err and len(err.strip().splitlines()) == 1
+    assert main(["registry", "list", "--store", store_uri, "--model", MODEL]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "forged?" in rows["1"] and "forged?" not in rows["*"]
+    with pytest.raises(ModelFormatError, match="changed since it was promoted"):
+        registry.rollback("oncall")
+    assert registry.production().version == 2
