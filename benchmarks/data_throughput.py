@@ -16,7 +16,8 @@ Rows, each measured in its own child process (this script's ``child`` mode), so 
 1. ``prepare (local)``: :func:`components.data.prepare.prepare` from the local folder into a fresh
    local store; images/s over the whole call, against one torchvision pass over the raw folder
    (``ImageFolder`` with the eval transform, ``DataLoader(batch_size=256, num_workers=2)``, from
-   constructing the data set to the last batch); and the peak RSS of the preparing process, N vs 10·N.
+   constructing the data set to the last batch); and the peak RSS of the preparing process and of its
+   largest decode process (``ru_maxrss`` of the reaped children), N vs 10·N.
 2. ``training input``: :func:`components.training.input.train_batches` over one epoch of the prepared
    training split (batch 64, ``loader_workers=2``, augmentation ``auto``), against torchvision over the
    raw folder with the same augmentation (``num_workers=2``, batch 64, shuffled). Both are steady state:
@@ -46,6 +47,7 @@ import functools
 import json
 import multiprocessing
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -100,7 +102,7 @@ class Run:
 
     @property
     def rate(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        return self.images / self.seconds if self.images and self.seconds > 0 else float("nan")
 
 
 # -- synthetic data ---------------------------------------------------------------------------------------
@@ -203,6 +205,12 @@ def children_peak_rss_mib() -> float:
     return max(peaks, default=0.0)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and of its children that have been waited for."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
 def timed_batches(batches: Iterator[tuple], count: int | None = None) -> dict:
     """Consume ``count`` batches (all when ``None``): time to the first, then images/s after it."""
     started = time.perf_counter()
@@ -222,10 +230,13 @@ def child_prepare(raw: str, out: str, image_size: int) -> dict:
     from components.data.prepare import PrepareConfig, prepare
     from components.store import open_store
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     info = prepare(open_store(raw), open_store(out), PrepareConfig(image_size=image_size))
     seconds = time.perf_counter() - started
-    return {"images": sum(info.counts.values()), "seconds": seconds, "extra": {"prefix": info.prefix, "shape": info.image_shape}}
+    extra = {"prefix": info.prefix, "shape": info.image_shape, "cpu_s": cpu_seconds() - cpu}
+    # The decode processes have exited and been waited for: the largest one's peak RSS (ru_maxrss, KiB).
+    decoders = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"images": sum(info.counts.values()), "seconds": seconds, "extra": extra, "children_rss_mib": decoders}
 
 
 def torchvision_transform(kind_name: str, train: bool):
@@ -246,13 +257,13 @@ def child_torchvision(raw: str, kind: str, train: bool) -> dict:
     import torch
     from torchvision.datasets import ImageFolder
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     dataset = ImageFolder(raw, transform=torchvision_transform(kind, train))
     loader = torch.utils.data.DataLoader(dataset, batch_size=64 if train else 256, shuffle=train, num_workers=2)
     if train:
         return timed_batches(iter(loader))
-    images = sum(len(y) for _, y in loader)
-    return {"images": images, "seconds": time.perf_counter() - started}
+    images = sum(len(y) for _, y in loader)  # exhausted: the loader processes have exited and been waited for
+    return {"images": images, "seconds": time.perf_counter() - started, "extra": {"cpu_s": cpu_seconds() - cpu}}
 
 
 def child_input(store_uri: str, prefix: str) -> dict:
@@ -433,7 +444,14 @@ HEADER = ["row", "data", "images", "ours img/s", "baseline img/s", "ours/baselin
 ALIGN = ["---", "---", "---:", "---:", "---:", "---:", "---", "---:", "---:", "---"]
 
 
+def cores(run: Run) -> str:
+    """How many cores a run kept busy on average (its CPU time over its wall time)."""
+    return f"{run.extra['cpu_s'] / run.seconds:.2f}"
+
+
 def rss_ratio(small: float, large: float) -> str:
+    if not small:  # no such process at N (the data set was too small for decode processes)
+        return "n/a"
     ratio = large / small
     return f"{ratio:.2f}{' ✓' if ratio <= TARGETS['rss'] else ' ✗'}"
 
@@ -455,9 +473,11 @@ def local_rows(kind: Kind, folders: dict[int, Path], scratch: Path) -> list[Row]
     rows: list[Row] = []
     for count in (small, large):
         p, i, t, first = runs[count]["prepare"], runs[count]["input"], runs[count]["train"], runs[small]
-        rows.append(Row("1 prepare (local)", kind.name, count, p, runs[count]["eval"], TARGETS["prepare"], f"{p.rss_mib:,.0f}",
-                        rss_ratio(first["prepare"].rss_mib, p.rss_mib) if count == large else "",
-                        f"shape {'x'.join(map(str, p.extra['shape']))}; baseline: one torchvision eval pass"))
+        prepare_ratios = f"{rss_ratio(first['prepare'].rss_mib, p.rss_mib)} / {rss_ratio(first['prepare'].children_rss_mib, p.children_rss_mib)}"
+        rows.append(Row("1 prepare (local)", kind.name, count, p, runs[count]["eval"], TARGETS["prepare"],
+                        f"prepare {p.rss_mib:,.0f} / decoder {p.children_rss_mib:,.0f}", prepare_ratios if count == large else "",
+                        f"shape {'x'.join(map(str, p.extra['shape']))}; baseline: one torchvision eval pass; "
+                        f"CPU cores busy: prepare {cores(p)}, torchvision {cores(runs[count]['eval'])}"))
         ratios = f"{rss_ratio(first['input'].rss_mib, i.rss_mib)} / {rss_ratio(first['input'].children_rss_mib, i.children_rss_mib)}"
         rows.append(Row("2 training input", kind.name, count, i, t, TARGETS["input"],
                         f"worker {i.rss_mib:,.0f} / loader {i.children_rss_mib:,.0f}", ratios if count == large else "",
@@ -466,24 +486,31 @@ def local_rows(kind: Kind, folders: dict[int, Path], scratch: Path) -> list[Row]
     return rows
 
 
+def blob_row(label: str, base: str, out: str, count: int, download: Run) -> Row:
+    """One row 3: prepare from the raw container under ``base`` into ``out``, against ``download``."""
+    prepared = run_child("prepare", raw=f"{base}/raw", out=out, image_size=PHOTOS.image_size)
+    return Row(f"3 prepare ({label})", PHOTOS.name, count, prepared, download, TARGETS["blob"],
+               f"prepare {prepared.rss_mib:,.0f} / decoder {prepared.children_rss_mib:,.0f}", "",
+               f"baseline: SDK list + {DOWNLOAD_THREADS}-thread download of {download.extra['bytes'] / 2**20:.0f} MiB; "
+               f"CPU cores busy: prepare {cores(prepared)}")
+
+
 def blob_rows(folder: Path, count: int, latency_ms: float, scratch: Path) -> tuple[list[Row], str]:
-    """Row 3: prepare from Azurite against a plain SDK download, directly and through a delaying proxy."""
+    """Row 3: prepare from Azurite (into Azurite, and into a local folder) against a plain SDK download,
+    directly and through a delaying proxy."""
     azurite, endpoint = start_azurite(scratch / "azurite")
-    rows, proxy = [], None
+    proxy = None
     try:
         os.environ[CONNECTION_ENV] = connection_string(endpoint)
         upload_s = upload(folder, f"{endpoint}/raw")
-        endpoints = [("", endpoint)]
+        download = run_child("download", uri=f"{endpoint}/raw")
+        rows = [blob_row("Azurite → Azurite", endpoint, f"{endpoint}/prepared", count, download),
+                blob_row("Azurite → local", endpoint, str(scratch / "prepared-from-azurite"), count, download)]
         if latency_ms > 0:
             proxy, proxied = start_proxy(endpoint, latency_ms)
-            endpoints.append((f" +{latency_ms:g} ms", proxied))
-        for n, (label, base) in enumerate(endpoints):
-            os.environ[CONNECTION_ENV] = connection_string(base)
-            download = run_child("download", uri=f"{base}/raw")
-            prepared = run_child("prepare", raw=f"{base}/raw", out=f"{base}/prepared{n}", image_size=PHOTOS.image_size)
-            rows.append(Row(f"3 prepare (Azurite{label})", PHOTOS.name, count, prepared, download, TARGETS["blob"],
-                            f"{prepared.rss_mib:,.0f}", "", f"baseline: SDK list + {DOWNLOAD_THREADS}-thread download, "
-                            f"{download.extra['bytes'] / 2**20:.0f} MiB"))
+            os.environ[CONNECTION_ENV] = connection_string(proxied)
+            delayed = run_child("download", uri=f"{proxied}/raw")
+            rows.append(blob_row(f"Azurite +{latency_ms:g} ms → Azurite", proxied, f"{proxied}/prepared-delayed", count, delayed))
     finally:
         if proxy is not None:
             stop(proxy)

@@ -13,16 +13,22 @@
   colour data sets and ``digits`` otherwise.
 - :func:`normalize` turns pixels into the network's input with the per-channel statistics that
   :class:`ChannelStats` gathers, streaming, while preparation writes the training split.
+
+Only the training-side functions need torch, and they import it themselves: the decode processes of
+data preparation import this module (through :mod:`components.imagefile`) and start in a fraction of
+a second, without torch's import time and memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = {1: "L", 3: "RGB"}
 FIT = "cover-resize-bilinear+center-crop"  # what model.json records as the serving transform
@@ -100,6 +106,9 @@ def augment(images: torch.Tensor, preset: str, generator: torch.Generator) -> to
 
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels (zero fill): cheap, label-preserving."""
+    import torch
+    from torch.nn import functional as F
+
     _, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)
     offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator).tolist()
@@ -112,6 +121,9 @@ def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator,
 
     The batch is cropped as one ``grid_sample`` call (an affine grid per image) instead of N resizes.
     """
+    import torch
+    from torch.nn import functional as F
+
     n, _, h, w = images.shape
     area = torch.empty(n).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(n).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=generator)
@@ -133,7 +145,7 @@ def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator,
 
 
 class ChannelStats:
-    """Per-channel mean and standard deviation of ``uint8`` images, gathered one image at a time.
+    """Per-channel mean and standard deviation of ``uint8`` images, gathered a chunk of images at a time.
 
     Sums are kept per image in float64 (exact for any realistic data set size), so memory is one
     accumulator per channel whatever the number of images.
@@ -144,11 +156,12 @@ class ChannelStats:
         self.sum_sq = np.zeros(channels)
         self.count = 0
 
-    def add(self, image: np.ndarray) -> None:
-        flat = image.reshape(image.shape[0], -1)
-        self.sum += flat.sum(axis=1, dtype=np.float64)
-        self.sum_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-        self.count += flat.shape[1]
+    def add(self, sums: np.ndarray, pixels: int) -> None:
+        """Add images given as their per-channel sums ``float64 [2, C]`` (of the values, of their squares)
+        over ``pixels`` pixels per channel: the decode processes compute them, the main process only adds."""
+        self.sum += sums[0]
+        self.sum_sq += sums[1]
+        self.count += pixels
 
     def result(self) -> tuple[list[float], list[float]]:
         """(mean, std) on the 0–1 scale; std never below 1e-6 (a constant channel still normalizes)."""
@@ -161,6 +174,8 @@ class ChannelStats:
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Scale ``[N,C,H,W]`` pixel values (0–255, any dtype) to the network's normalized float input."""
+    import torch
+
     x = images.to(torch.float32) / 255.0
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)

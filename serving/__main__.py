@@ -16,11 +16,11 @@ from kserve import logging as kserve_logging
 from kserve import model_server as kserve_server
 from kserve.utils import utils as kserve_utils
 
+from components.cpu import cpu_limit
 from components.errors import ProjectError
 from components.imagefile import MAX_IMAGE_PIXELS
 from serving import http_limits, protocol
 from serving.batching import BatchingOptions
-from serving.cpu import cpu_limit
 from serving.model import DEFAULT_MAX_INSTANCES, ImageClassifier
 from serving.server import HardenedModelServer, NetworkSettings
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.data.decode import decode
 from components.data.idx import MAX_IDX_BYTES, encode_idx, parse_idx, read_idx, write_idx_gz
 from components.data.prepare import DATASET_FILE, PrepareConfig, stratified_split, write_order
 from components.data.report import data_report
@@ -23,7 +24,7 @@ def load_raw(store):
     """Every example of a small raw data set, decoded at its native size: ``(images, labels, source)``."""
     source = open_source(store)
     geometry = source.geometry(0)
-    images = np.stack([source.read(i, geometry).pixels for i in range(len(source))])
+    images = np.stack([decode(source.fetch(i), geometry).pixels for i in range(len(source))])
     return images, source.labels, source
 
 

@@ -311,20 +311,20 @@ def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
 ])
 def test_the_cpu_limit_comes_from_cgroup_v2_or_v1(tmp_path, files, expected):
-    from serving.cpu import cpu_limit
+    from components.cpu import cpu_limit
 
     assert cpu_limit(cgroup(tmp_path, files), available=8) == expected
 
 
 @pytest.mark.parametrize("files", [{"cpu.max": "max 100000\n"}, {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, {}])
 def test_without_a_cpu_limit_the_cpus_available_count(tmp_path, files):
-    from serving.cpu import cpu_limit
+    from components.cpu import cpu_limit
 
     assert cpu_limit(cgroup(tmp_path, files), available=8) == 8
 
 
 def test_a_limit_above_the_cpus_available_is_capped(tmp_path):
-    from serving.cpu import cpu_limit
+    from components.cpu import cpu_limit
 
     assert cpu_limit(cgroup(tmp_path, {"cpu.max": "1600000 100000\n"}), available=4) == 4
 

@@ -109,6 +109,35 @@ def test_an_unreadable_file_fails_by_default_and_is_skipped_and_listed_within_th
     assert "red/truncated.png" in store.read_bytes(join_key(info.prefix, DATASET_FILE)).decode()
 
 
+def test_decoding_on_worker_processes_prepares_exactly_what_the_reading_threads_do(store_uri: str, monkeypatch) -> None:
+    """Large data sets are decoded on spawned processes (components.data.decode); forced here for a small one."""
+    from components.data import decode
+
+    raw = open_store(store_uri.rstrip("/") + "/raw")
+    files = photo_folder(per_class=10)
+    files["red/truncated.png"] = files["red/001.png"][:100]
+    put_files(raw, files)
+    on_threads = prepare(raw, open_store(store_uri.rstrip("/") + "/threads"), PrepareConfig(image_size=16, max_unreadable=1))
+    monkeypatch.setattr(decode, "PROCESS_MIN_EXAMPLES", 0)
+    monkeypatch.setattr(decode, "cpu_limit", lambda: 2)
+    on_processes = prepare(raw, open_store(store_uri.rstrip("/") + "/processes"), PrepareConfig(image_size=16, max_unreadable=1))
+    assert on_processes.content_hash == on_threads.content_hash
+    assert (on_processes.mean, on_processes.std) == (on_threads.mean, on_threads.std)
+    assert on_processes.shards == on_threads.shards  # the same bytes in the same order: the same SHA-256s
+    assert on_processes.unreadable == on_threads.unreadable == [{"file": "red/truncated.png", "reason": on_threads.unreadable[0]["reason"]}]
+    # A data set's problem (not one file's) raised in a worker process still fails the step, naming the file.
+    uniform = open_store(store_uri.rstrip("/") + "/raw-uniform")
+    put_files(uniform, {f"{c}/{i}.png": png_bytes((8, 8), 10 * i) for c in "ab" for i in range(40)} | {"b/39.png": png_bytes((9, 8), 0)})
+    with pytest.raises(DataError, match=r"b/39.png: expected 8x8 images like the others .* found 9x8: set image_size=S"):
+        prepare(uniform, open_store(store_uri.rstrip("/") + "/native"), PrepareConfig())
+
+
+def png_bytes(size: tuple[int, int], value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_exact_duplicates_across_splits_are_reported_by_file(store_uri: str) -> None:
     raw, store = open_store(store_uri.rstrip("/") + "/raw"), open_store(store_uri)
     files = photo_folder(per_class=10)

@@ -73,10 +73,14 @@ def test_sync_shard_refuses_a_second_push_from_the_same_worker_in_one_step():
 
 
 def test_two_workers_with_batch_b_match_one_process_with_batch_2b():
-    """The sync rule reproduces large-batch SGD: mean of per-worker mean gradients = mean over 2B."""
+    """The sync rule reproduces large-batch SGD: mean of per-worker mean gradients = mean over 2B.
+
+    Plain SGD, because its step is linear in the gradient: a sum instead of a mean would double it. (Adam's
+    step does not change with the gradient's scale, and its division by sqrt(v) turns float noise in a
+    near-zero gradient into ~1e-6 parameter differences.)"""
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    cfg = config(num_workers=2, optimizer="adam", lr=0.01)
+    cfg = config(num_workers=2, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
     single, worker = build_model("small_cnn", 1, 10), build_model("small_cnn", 1, 10)
     worker.load_state_dict(single.state_dict())
     single.eval(), worker.eval()  # no dropout: the comparison must be exact up to float error

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.data.sources import Example
+from components.data.decode import Chunk
 from components.presets import ChannelStats
 
 SIZE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # shorter side, pixels: "<32", "32-63", … , ">=2048"
@@ -46,23 +46,23 @@ class Tally:
     def __post_init__(self) -> None:
         self.stats = ChannelStats(self.channels)
 
-    def add(self, split: str, example: Example) -> None:
+    def add(self, split: str, chunk: Chunk) -> None:
         if split not in self.counts:
             self.counts[split] = np.zeros(len(self.class_names), dtype=np.int64)
             self._digests[split] = (array("Q"), array("q"))
-        self.counts[split][example.label] += 1
-        bucket = size_bucket(example.width, example.height)
-        self.sizes[bucket] = self.sizes.get(bucket, 0) + 1
-        pixels = np.ascontiguousarray(example.pixels).data
-        digest = hashlib.sha256(pixels).digest()
+        self.counts[split] += np.bincount(chunk.labels, minlength=len(self.class_names))
+        for width, height in chunk.sizes.tolist():
+            bucket = size_bucket(width, height)
+            self.sizes[bucket] = self.sizes.get(bucket, 0) + 1
         digests, indices = self._digests[split]
-        digests.append(int.from_bytes(digest[:8], "little"))
-        indices.append(example.index)
-        # Sum modulo 2^256 of per-image hashes: the same images and labels give the same hash in any order.
-        labelled = hashlib.sha256(example.label.to_bytes(4, "little") + digest).digest()
-        self._content = (self._content + int.from_bytes(labelled, "big")) % (1 << 256)
-        if split == "train":
-            self.stats.add(example.pixels)
+        for digest, label in zip(chunk.digests, chunk.labels.tolist()):
+            digests.append(int.from_bytes(digest[:8], "little"))
+            # Sum modulo 2^256 of per-image hashes: the same images and labels give the same hash in any order.
+            labelled = hashlib.sha256(label.to_bytes(4, "little") + digest).digest()
+            self._content = (self._content + int.from_bytes(labelled, "big")) % (1 << 256)
+        indices.extend(chunk.indices.tolist())
+        if split == "train" and len(chunk.labels):
+            self.stats.add(chunk.sums.sum(axis=0), len(chunk.labels) * chunk.pixels[0, 0].size)
 
     def skip(self, key: str, reason: str) -> None:
         self.unreadable.append({"file": key, "reason": reason})

@@ -8,24 +8,26 @@ modification time) and the preparation settings, so preparing the same data the 
 reuses the folder without reading an image.
 
 Memory does not grow with the data set: the split is decided from the labels alone (the class
-folders of the listing, or the IDX label files), images are read and decoded on a bounded pool of
-threads in split order, each goes straight into a shard on local disk, and what is learnt about the
-data (:class:`components.data.checks.Tally`) is counters and 8 bytes per image.
+folders of the listing, or the IDX label files), images are read on a bounded pool of threads and
+decoded on worker processes (:mod:`components.data.decode`) in split order, each goes straight into a
+shard on local disk, and what is learnt about the data (:class:`components.data.checks.Tally`) is
+counters and 8 bytes per image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from components.data.checks import Tally
+from components.data.decode import Chunk, Decoder
 from components.data.shards import SHARD_BYTES, ShardInfo, ShardWriter, iter_records, temporary_reader
-from components.data.sources import Example, Geometry, RawSource, UnreadableFile, open_source
+from components.data.sources import Geometry, RawSource, UnreadableFile, open_source
 from components.errors import DataError
-from components.parallel import bounded_map
 from components.store import Store, join_key
 
 SPLITS = ("train", "val", "test")
@@ -149,9 +151,12 @@ def _prepare_into(source: RawSource, store: Store, prefix: str, config: PrepareC
     tally = Tally(source.class_names, geometry.channels)
     shards: dict[str, list[dict]] = {}
     try:
-        for split, indices in stratified_split(source.labels, config).items():
-            written = _write_split(source, store, prefix, split, write_order(indices, split, config.seed), geometry, tally, config)
-            shards[split] = [asdict(s) for s in written]
+        with Decoder(len(source), config.concurrency) as decoder:
+            for split, indices in stratified_split(source.labels, config).items():
+                order = write_order(indices, split, config.seed)
+                chunks = decoder.decoded(source.fetch, order, geometry, threads=not source.in_place)
+                written = _write_split(chunks, store, prefix, split, geometry, tally, config)
+                shards[split] = [asdict(s) for s in written]
         info = _describe(source, store, prefix, geometry, tally, shards, config)
     except BaseException:
         for key in store.list(prefix):
@@ -161,27 +166,19 @@ def _prepare_into(source: RawSource, store: Store, prefix: str, config: PrepareC
     return info
 
 
-def _write_split(source: RawSource, store: Store, prefix: str, split: str, order: np.ndarray, geometry: Geometry,
+def _write_split(chunks: Iterator[Chunk], store: Store, prefix: str, split: str, geometry: Geometry,
                  tally: Tally, config: PrepareConfig) -> list[ShardInfo]:
     writer = ShardWriter(store, prefix, split, geometry.shape, config.shard_bytes)
     try:
-        for result in bounded_map(lambda i: _read(source, int(i), geometry), order, workers=config.concurrency):
-            if isinstance(result, UnreadableFile):
-                _skip(result, tally, config)
-                continue
-            writer.add(result.label, result.pixels)
-            tally.add(split, result)
+        for chunk in chunks:
+            for error in chunk.unreadable:
+                _skip(error, tally, config)
+            writer.add(chunk.labels, chunk.pixels)
+            tally.add(split, chunk)
         return writer.close()
     except BaseException:
         writer.abort()
         raise
-
-
-def _read(source: RawSource, index: int, geometry: Geometry) -> Example | UnreadableFile:
-    try:
-        return source.read(index, geometry)
-    except UnreadableFile as exc:
-        return exc  # returned, not raised: the policy decides, in order, on the main thread
 
 
 def _skip(error: UnreadableFile, tally: Tally, config: PrepareConfig) -> None:

@@ -71,18 +71,22 @@ class ShardWriter:
         self._slots = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT + 1)  # shards on local disk at once
         self._pending: list[Future] = []
         self._file = None
-        self._record = np.zeros((), dtype=self.dtype)
 
-    def add(self, label: int, pixels: np.ndarray) -> None:
-        if self._file is None:
-            self._open()
-        self._record["label"], self._record["pixels"] = label, pixels
-        data = self._record.tobytes()
-        self._file.write(data)
-        self._digest.update(data)
-        self._count += 1
-        if self._count == self.capacity:
-            self._finish_shard()
+    def add(self, labels: np.ndarray, pixels: np.ndarray) -> None:
+        """Append ``len(labels)`` records (``pixels`` is ``uint8 [K, C, H, W]``), starting new shards as they fill."""
+        records = np.empty(len(labels), dtype=self.dtype)
+        records["label"], records["pixels"] = labels, pixels
+        start = 0
+        while start < len(records):
+            if self._file is None:
+                self._open()
+            take = min(self.capacity - self._count, len(records) - start)
+            data = records[start : start + take].tobytes()
+            self._file.write(data)
+            self._digest.update(data)
+            self._count, start = self._count + take, start + take
+            if self._count == self.capacity:
+                self._finish_shard()
 
     def close(self) -> list[ShardInfo]:
         """Upload what is left and wait for every upload; return the shards in order."""

@@ -9,7 +9,8 @@
   split is decided before one image is read, and images are then read in parallel, in split order.
 
 :func:`open_source` reads only the listing (and, for IDX, the small label files). Nothing here keeps
-the images: a :class:`RawSource` hands out one decoded example at a time (:meth:`RawSource.read`).
+the images: a :class:`RawSource` hands out one raw example at a time (:meth:`RawSource.fetch`), which
+:mod:`components.data.decode` decodes.
 Every problem with the data set as a whole raises :class:`DataError`; a problem with one file
 raises :class:`UnreadableFile`, which preparation fails on or skips, as its policy says.
 """
@@ -22,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from components.data import idx
 from components.errors import DataError
-from components.imagefile import SUFFIXES, Header, ImageDecodeError, decode_fit, read_header
-from components.presets import channels_of_mode, fit_image
+from components.imagefile import SUFFIXES, Header, ImageDecodeError, read_header
+from components.presets import channels_of_mode
 from components.store import ObjectInfo, Store
 
 IDX_IMAGES = re.compile(r"^(?P<prefix>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
@@ -42,6 +42,20 @@ class UnreadableFile(DataError):
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}")
         self.key, self.reason = key, reason
+
+    def __reduce__(self):  # it crosses from the decode processes (components.data.decode)
+        return type(self), (self.key, self.reason)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One raw example as read from the store, not yet decoded (it is sent to a decode process)."""
+
+    index: int
+    label: int
+    key: str  # where it came from, for messages
+    data: bytes | np.ndarray | None  # the encoded image file, an IDX image's uint8 [H, W] pixels, or None:
+    path: Path | None = None  # a local file, read by whoever decodes it
 
 
 @dataclass(frozen=True)
@@ -117,22 +131,25 @@ class RawSource:
         (w, h), _ = next(iter(sizes.items()))
         return Geometry(channels, h, w, False)
 
-    def read(self, index: int, geometry: Geometry) -> Example:
-        """Decode example ``index`` to ``geometry``; raise :class:`UnreadableFile` naming the file."""
+    def fetch(self, index: int) -> Payload | UnreadableFile:
+        """Read example ``index`` (not decoded: :func:`components.data.decode.decode` does that), or the
+        reason its file is unreadable."""
+        label = int(self.labels[index])
         if self.source_format == "mnist-idx":
-            return self._read_idx(index, geometry)
+            file = self._idx_file(index)
+            return Payload(index, label, self.name(index), np.array(file.images[index - file.start]))
         key = self.keys[index]
-        check_file_size(key, self.sizes[index])
-        data = self.store.read_bytes(key)
         try:
-            pixels, header = decode_fit(data, geometry.channels, geometry.height, geometry.width)
-        except ImageDecodeError as exc:
-            raise UnreadableFile(key, str(exc)) from None
-        if not geometry.resized and (header.height, header.width) != (geometry.height, geometry.width):
-            raise DataError(f"{key}: expected {geometry.width}x{geometry.height} images like the others when image_size is 0 "
-                            f"(native size), found {header.width}x{header.height}: set image_size=S to resize and "
-                            "center-crop every image to SxS")
-        return Example(index, int(self.labels[index]), pixels, header.width, header.height)
+            check_file_size(key, self.sizes[index])
+        except UnreadableFile as exc:
+            return exc
+        path = self.store.local_path(key)
+        return Payload(index, label, key, None, path) if path is not None else Payload(index, label, key, self.store.read_bytes(key))
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the image files are on this machine: read by whoever decodes them, not fetched on threads."""
+        return self.source_format == "imagefolder" and bool(self.keys) and self.store.local_path(self.keys[0]) is not None
 
     def _idx_file(self, index: int) -> _IdxFile:
         return next(f for f in self._idx if f.start <= index < f.start + len(f.labels))
@@ -147,13 +164,6 @@ class RawSource:
             return None
         image.close()
         return header
-
-    def _read_idx(self, index: int, geometry: Geometry) -> Example:
-        file = self._idx_file(index)
-        raw = np.asarray(file.images[index - file.start])
-        pixels = raw[None] if not geometry.resized else fit_image(Image.fromarray(raw, mode="L"), 1, geometry.height, geometry.width)
-        return Example(index, int(self.labels[index]), pixels, raw.shape[1], raw.shape[0])
-
 
 @dataclass
 class _IdxFile:

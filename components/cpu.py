@@ -3,7 +3,8 @@
 KServe's own ``cpu_count`` reads only the cgroup-v1 files, so on cgroup v2 (AKS, every current
 distribution) it follows the node's cores: a 2-CPU pod on a 64-core node would run 64 torch threads
 and a 36-thread decode pool, throttled and out of memory. The decode pool and torch's thread count
-are both sized from :func:`cpu_limit`, so they agree.
+are both sized from :func:`cpu_limit`, so they agree; data preparation sizes its decode processes
+from it too.
 """
 
 from __future__ import annotations
