@@ -76,7 +76,8 @@ def test_the_predictor_runs_the_serving_cli_on_the_model_the_storage_initializer
     assert container["name"] == "kserve-container"  # the name KServe's storage initializer looks for
     assert container["image"] == "kfpps.azurecr.io/kfp-ps-classifier:0.1.0"
     assert container["command"] + container["args"] == [
-        "python", "-m", "serving", "--model-uri", "/mnt/models", "--model-name", "mnist", "--http-port", "8080"]
+        "python", "-m", "serving", "--model-uri", "/mnt/models", "--model-name", "mnist", "--http-port", "8080",
+        "--listen-address", "0.0.0.0"]  # the server's own default is loopback: probes and the router come from outside
     assert {"name": "STORAGE_URI", "value": BLOB} in container["env"]
     assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
 

@@ -178,7 +178,10 @@ def predictor_container(s: InferenceServiceSettings) -> dict[str, Any]:
         "name": CONTAINER_NAME,
         "image": s.image,
         "command": ["python", "-m", "serving"],
-        "args": ["--model-uri", MODEL_MOUNT, "--model-name", s.model_name, "--http-port", str(port)],
+        # The server listens on loopback unless told otherwise (right for `make run`); in a pod the kubelet's
+        # probes and the KServe router reach it on the pod IP, so it listens on every interface there.
+        "args": ["--model-uri", MODEL_MOUNT, "--model-name", s.model_name, "--http-port", str(port),
+                 "--listen-address", "0.0.0.0"],
         "env": [
             {"name": "STORAGE_URI", "value": s.storage_uri},  # KServe's trigger for the storage initializer
             {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
