@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from components.errors import ProjectError
 from components.training.local import PROGRESS_TTY_ENV
@@ -23,6 +24,9 @@ from pipelines.data_cli import add_data_commands
 from pipelines.params import parse_params, signature_from_component_inputs
 from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
+
+if TYPE_CHECKING:
+    from components.deploy.step import KServeTarget
 
 
 def pipeline_signature() -> dict[str, type]:
@@ -55,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("error: only --local runs start here; use `python -m pipelines submit` for a Kubeflow cluster")
     overrides = parse_params(args.param, pipeline_signature())
     model_name = check_model_name(overrides)  # refused here, not by a step after training
+    kserve_target({**pipeline_defaults(), **overrides})  # so are a bad deployment_mode and canary_percent
     if not args.in_process:
         return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
     if sys.stdout.isatty():
@@ -80,6 +85,16 @@ def check_model_name(overrides: dict[str, object]) -> str:
         raise ValueError(f"pipeline parameter 'model_name': {exc}") from None
 
 
+def kserve_target(params: dict[str, Any]) -> KServeTarget:
+    """The deploy step's KServe settings from pipeline parameters (the deploy step builds the same)."""
+    from components.deploy.step import KServeTarget
+
+    try:
+        return KServeTarget(params["kserve_namespace"], params["serving_gpus"], params["deployment_mode"], params["canary_percent"])
+    except ValueError as exc:
+        raise ValueError(f"pipeline parameters deployment_mode/canary_percent: {exc}") from None
+
+
 def run_argv(args: argparse.Namespace) -> list[str]:
     """The ``run`` command line that ``args`` came from (for the supervised child)."""
     argv = ["run", "--local", "--workdir", str(args.workdir)]
@@ -103,12 +118,11 @@ def cmd_render(args: argparse.Namespace) -> None:
     """Write the manifests the cluster steps would create for these parameters, for review."""
     from components.deploy.inferenceservice import InferenceServiceSettings
     from components.deploy.render import write_manifests
-    from components.deploy.step import KServeTarget
     from components.registry import version_key
     from components.training.render import render_training
 
     p = {**pipeline_defaults(), "store_uri": "https://ACCOUNT.blob.core.windows.net/models", **parse_params(args.param, pipeline_signature())}
-    target = KServeTarget(p["kserve_namespace"], p["serving_gpus"], p["deployment_mode"], p["canary_percent"])
+    target = kserve_target(p)
     settings = InferenceServiceSettings(
         name=p["model_name"], namespace=p["kserve_namespace"], model_name=p["model_name"], model_version=args.version,
         storage_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",

@@ -56,7 +56,7 @@ def training_pipeline(
     local_state_dir: str = "",
     kserve_namespace: str = "kubeflow-user-example-com",
     serving_gpus: int = 1,
-    deployment_mode: str = "Serverless",
+    deployment_mode: str = "Knative",
     canary_percent: int = 10,
     code_version: str = "",
 ):
@@ -99,8 +99,8 @@ def training_pipeline(
         local_state_dir: Folder for the local server's pid and log.
         kserve_namespace: Namespace of the InferenceService (deploy_target kserve).
         serving_gpus: GPUs per predictor replica (deploy_target kserve).
-        deployment_mode: Serverless (canary, then promotion) or RawDeployment (rolling update).
-        canary_percent: Traffic share of a new revision before it is promoted (Serverless).
+        deployment_mode: KServe deployment mode: Knative (revisions: canary, then promotion) or Standard (a Deployment: rolling update); the old names Serverless and RawDeployment are accepted.
+        canary_percent: Traffic share of a new revision while it is smoke-tested, before promotion to 100 (Knative mode; 0: no canary, the new revision takes all traffic once ready; Standard mode always rolls pods).
         code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage.
     """
     knobs = knobs_from_pipeline(locals())  # first statement: locals() is exactly the pipeline's parameters

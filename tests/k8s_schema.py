@@ -15,9 +15,12 @@ import pytest
 import yaml
 
 SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "schemas"
-INFERENCE_SERVICE_CRD = "serving.kserve.io_inferenceservices.yaml"
+INFERENCE_SERVICE_CRD = "serving.kserve.io_inferenceservices.yaml"  # the newest (KServe master, ~0.20/0.21)
+# The oldest supported controller (what Kubeflow 26.03 ships) and the newest: a manifest must fit both.
+INFERENCE_SERVICE_CRDS = ("serving.kserve.io_inferenceservices-v0.18.yaml", INFERENCE_SERVICE_CRD)
 
-requires_schemas = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"CRD schemas folder {SCHEMAS} is absent")
+requires_schemas = pytest.mark.skipif(not all((SCHEMAS / f).is_file() for f in INFERENCE_SERVICE_CRDS),
+                                      reason=f"KServe CRD schemas {INFERENCE_SERVICE_CRDS} are absent from {SCHEMAS}")
 
 
 @cache

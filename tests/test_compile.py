@@ -79,7 +79,7 @@ def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
     isvc = yaml.safe_load((tmp_path / "inferenceservice.yaml").read_text())
     predictor = isvc["spec"]["predictor"]
     container = predictor["containers"][0]
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"  # the old name, mapped
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     storage = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
     assert storage == "https://acct.blob.core.windows.net/models/models/digits/versions/7"
@@ -89,6 +89,20 @@ def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
     worker = replicas["Worker"]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["nodeSelector"] == predictor["nodeSelector"]  # one GPU scheduling profile for both
+
+
+@pytest.mark.parametrize(("param", "message"), [
+    ("deployment_mode=Canary", "expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', 'Serverless'), got 'Canary'"),
+    ("canary_percent=150", "expected canary_percent between 0 (no canary) and 100, got 150"),
+])
+def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_path, param, message):
+    from pipelines.cli import main
+
+    for argv in (["render", "--output-dir", str(tmp_path / "out")], ["run", "--local", "--workdir", str(tmp_path / "work")]):
+        with pytest.raises(SystemExit) as failure:
+            main([*argv, "--param", param])
+        assert str(failure.value) == f"error: pipeline parameters deployment_mode/canary_percent: {message}"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 
 def test_the_package_defaults_every_training_knob_to_the_training_configs_value(package):

@@ -4,7 +4,7 @@ The Kubernetes API (and the KServe/Knative controllers behind it) is the one bou
 run here, so :class:`FakeCluster` stands in for it: an in-memory object store with the API server's
 rules that matter to the step (404, 409 on a stale ``resourceVersion``, JSON merge patch, generations)
 and a tiny controller that reconciles on every read — new revisions when the pod template changes,
-canary traffic splits, readiness after a few polls, pods for RawDeployment rolling updates. Everything
+canary traffic splits, readiness after a few polls, pods for Standard-mode rolling updates. Everything
 else is real: the manifest builder, the registry on a LocalStore in ``tmp_path``, the rollback logic.
 Time is a fake clock, so timeouts take no wall time.
 """
@@ -39,10 +39,12 @@ from components.deploy.kserve import (
     merge_diff,
     recent_events,
 )
+from components.deploy.step import KServeTarget
 from components.errors import DeployError
 from components.registry import Registry
 from components.store import LocalStore
 
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 NS = "models"
 NAME = "mnist"
 POLICY = RolloutPolicy(ready_timeout_s=60, promote_timeout_s=60, rollback_timeout_s=60, poll_interval_s=5, canary_percent=10)
@@ -61,6 +63,11 @@ def apply_merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def recorded_mode(obj: dict[str, Any]) -> str:
+    """The mode the controller recorded at creation (status.deploymentMode); it never changes afterwards."""
+    return obj.get("status", {}).get("deploymentMode") or obj["metadata"].get("annotations", {}).get(MODE_ANNOTATION, "Knative")
 
 
 def template_of(obj: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +133,21 @@ class FakeCluster:
         if wanted_rv is not None and wanted_rv != obj["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", "the object has been modified; please apply your changes to the latest version")
         updated = apply_merge_patch(obj, patch)
+        self.admit_mode(obj, updated)
         if updated["spec"] != obj["spec"]:
             updated["metadata"]["generation"] = obj["metadata"]["generation"] + 1
         updated["metadata"]["resourceVersion"] = self._next_rv()
         self.objects[name] = updated
         return copy.deepcopy(updated)
+
+    @staticmethod
+    def admit_mode(old: dict[str, Any], new: dict[str, Any]) -> None:
+        """KServe's validating webhook: the annotation must equal status.deploymentMode, compared as strings."""
+        recorded = old.get("status", {}).get("deploymentMode")
+        wanted = new["metadata"].get("annotations", {}).get(MODE_ANNOTATION)
+        if recorded and wanted is not None and wanted != recorded:
+            raise ApiError(403, "Forbidden", 'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the '
+                                             f"request: update rejected: deploymentMode cannot be changed from '{recorded}' to '{wanted}'")
 
     def delete(self, name: str) -> None:
         self.calls.append(("delete", name))
@@ -164,6 +181,7 @@ class FakeCluster:
         conditions = [{"type": "Ready", "status": "True" if ready else "False",
                        **({} if ready else {"reason": "RevisionMissing", "message": f"Revision {latest.name} is not ready"})}]
         return {
+            "deploymentMode": recorded_mode(obj),
             "observedGeneration": obj["metadata"]["generation"],
             "url": f"http://{NAME}.{NS}.example.com",
             "address": {"url": f"http://{NAME}-predictor.{NS}.svc.cluster.local"},
@@ -206,7 +224,7 @@ class FakeCluster:
 
 
 class RawCluster(FakeCluster):
-    """RawDeployment: no revisions or traffic; a rolling update replaces pods once the new ones are ready."""
+    """Standard mode (was RawDeployment): no revisions or traffic; a rolling update replaces pods once the new ones are ready."""
 
     def reconcile(self, obj: dict[str, Any]) -> None:
         template = template_of(obj)
@@ -217,6 +235,7 @@ class RawCluster(FakeCluster):
             self.rolled_out = latest.name
         ready = self.rolled_out is not None  # the Deployment stays Available while old pods serve
         obj["status"] = {
+            "deploymentMode": recorded_mode(obj),
             "observedGeneration": obj["metadata"]["generation"],
             "url": f"http://{NAME}-{NS}.example.com",
             "address": {"url": f"http://{NAME}-predictor.{NS}.svc.cluster.local"},
@@ -265,17 +284,17 @@ def registry(tmp_path: Path) -> Registry:
     return reg
 
 
-def settings(version: int, mode: DeploymentMode = DeploymentMode.SERVERLESS, **extra: Any) -> InferenceServiceSettings:
+def settings(version: int, mode: DeploymentMode = DeploymentMode.KNATIVE, **extra: Any) -> InferenceServiceSettings:
     return InferenceServiceSettings(
         name=NAME, namespace=NS, model_name=NAME, model_version=version, mode=mode,
         storage_uri=f"https://acct.blob.core.windows.net/models/models/{NAME}/versions/{version}",
         image="kfpps.azurecr.io/kfp-ps-classifier:0.1.0",
-        scale_metric="concurrency" if mode is DeploymentMode.SERVERLESS else "cpu", **extra,
+        scale_metric="concurrency" if mode is DeploymentMode.KNATIVE else "cpu", **extra,
     )
 
 
 def deploy(cluster: FakeCluster, registry: Registry, version: int, smoke: Any = None, clock: FakeClock | None = None,
-           mode: DeploymentMode = DeploymentMode.SERVERLESS, policy: RolloutPolicy = POLICY) -> DeploymentRecord:
+           mode: DeploymentMode = DeploymentMode.KNATIVE, policy: RolloutPolicy = POLICY) -> DeploymentRecord:
     return deploy_to_kserve(cluster, settings(version, mode), registry, version, f"run-{version}",
                             smoke or RecordingSmoke(), policy, clock or FakeClock())
 
@@ -309,7 +328,7 @@ def test_first_deploy_creates_the_service_waits_smokes_and_moves_the_pointer(reg
                                          revision=f"{NAME}-predictor-00001")]
     assert record == DeploymentRecord(service=f"{NS}/{NAME}", url=f"http://{NAME}.{NS}.example.com",
                                       revision=f"{NAME}-predictor-00001", version=1, previous_version=None,
-                                      run_id="run-1", mode="Serverless")
+                                      run_id="run-1", mode="Knative")
     assert registry.production().version == 1
     assert registry.history()[-1]["by"] == "kfp-run:run-1"
 
@@ -473,34 +492,61 @@ def test_switching_deployment_mode_in_place_is_refused(registry: Registry) -> No
     cluster = FakeCluster()
     deploy(cluster, registry, 1)
 
-    with pytest.raises(DeployError, match="runs in Serverless mode, expected RawDeployment"):
-        deploy(cluster, registry, 2, mode=DeploymentMode.RAW)
+    with pytest.raises(DeployError, match="runs in Knative mode, expected Standard"):
+        deploy(cluster, registry, 2, mode=DeploymentMode.STANDARD)
 
 
-# -- RawDeployment ----------------------------------------------------------------------------------
+def test_a_service_created_under_the_old_mode_name_keeps_that_spelling_on_update(registry: Registry) -> None:
+    # KServe's webhook compares the annotation with status.deploymentMode as strings (kserve/kserve#4798).
+    cluster = FakeCluster()
+    deploy(cluster, registry, 1)
+    live = cluster.objects[NAME]  # as an older KServe recorded it
+    live["metadata"]["annotations"][MODE_ANNOTATION] = "Serverless"
+    live["status"]["deploymentMode"] = "Serverless"
+    cluster.calls.clear()
+
+    record = deploy(cluster, registry, 2)
+
+    patches = [c[1] for c in cluster.writes()]
+    assert patches[0]["metadata"]["annotations"][MODE_ANNOTATION] == "Serverless"
+    assert cluster.objects[NAME]["metadata"]["annotations"][MODE_ANNOTATION] == "Serverless"
+    assert record.version == 2 and registry.production().version == 2
+
+
+def test_a_live_service_in_a_mode_this_project_does_not_deploy_is_refused(registry: Registry) -> None:
+    cluster = FakeCluster()
+    deploy(cluster, registry, 1)
+    cluster.objects[NAME]["metadata"]["annotations"][MODE_ANNOTATION] = "ModelMesh"
+    cluster.objects[NAME]["status"]["deploymentMode"] = "ModelMesh"
+
+    with pytest.raises(DeployError, match="runs in ModelMesh mode, expected Knative"):
+        deploy(cluster, registry, 2)
+
+
+# -- Standard mode ----------------------------------------------------------------------------------
 
 
 def test_raw_deployment_update_is_a_rolling_update_that_waits_for_new_pods(registry: Registry) -> None:
     cluster = RawCluster()
-    deploy(cluster, registry, 1, mode=DeploymentMode.RAW)
+    deploy(cluster, registry, 1, mode=DeploymentMode.STANDARD)
     cluster.calls.clear()
 
-    record = deploy(cluster, registry, 2, mode=DeploymentMode.RAW)
+    record = deploy(cluster, registry, 2, mode=DeploymentMode.STANDARD)
 
     patches = [c[1] for c in cluster.writes()]
     assert len(patches) == 1 and "canaryTrafficPercent" not in patches[0]["spec"]["predictor"]
     new_hash = cluster.objects[NAME]["spec"]["predictor"]["annotations"][SPEC_HASH_ANNOTATION]
     assert {p["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for p in cluster.pods(NAME)} == {new_hash}
-    assert record.mode == "RawDeployment" and registry.production().version == 2
+    assert record.mode == "Standard" and registry.production().version == 2
 
 
 def test_raw_deployment_crash_loop_fails_fast_and_restores_the_previous_spec(registry: Registry) -> None:
     cluster = RawCluster(healthy=unhealthy_version(2), crash=True)
-    deploy(cluster, registry, 1, mode=DeploymentMode.RAW)
+    deploy(cluster, registry, 1, mode=DeploymentMode.STANDARD)
     clock = FakeClock()
 
     with pytest.raises(DeployError) as failure:
-        deploy(cluster, registry, 2, mode=DeploymentMode.RAW, clock=clock)
+        deploy(cluster, registry, 2, mode=DeploymentMode.STANDARD, clock=clock)
 
     assert "CrashLoopBackOff" in str(failure.value)
     assert "restored the previous spec (verified)" in str(failure.value)
@@ -527,6 +573,15 @@ def test_the_step_serves_the_version_from_the_registrys_own_blob_uri(registry: R
 def test_the_step_refuses_a_registry_the_cluster_cannot_read(registry: Registry) -> None:
     with pytest.raises(ValueError, match="push the model to Blob first"):
         deploy_registry_version(registry, 2, "run-9", NS, NAME, api=FakeCluster(), smoke=RecordingSmoke())
+
+
+def test_the_deploy_parameters_accept_the_old_mode_names_and_refuse_others() -> None:
+    assert KServeTarget(NS, mode="RawDeployment").settings_fields() == {
+        "gpus": 1, "mode": DeploymentMode.STANDARD, "canary_traffic_percent": None, "scale_metric": "cpu", "scale_target": 70}
+    assert KServeTarget(NS, mode="Serverless").mode is DeploymentMode.KNATIVE
+    assert KServeTarget(NS).mode is DeploymentMode.KNATIVE  # KServe's shipped default, annotated explicitly
+    with pytest.raises(ValueError, match="expected deployment_mode 'Standard' or 'Knative'.*got 'Raw'"):
+        KServeTarget(NS, mode="Raw")
 
 
 # -- pieces -----------------------------------------------------------------------------------------

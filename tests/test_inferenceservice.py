@@ -12,7 +12,7 @@ import yaml
 from components.cluster import GpuProfile
 from components.deploy.inferenceservice import (
     DEPLOYMENT_MODE_ANNOTATION,
-    KSERVE_016_PREDICTOR_FIELDS,
+    PREDICTOR_FIELDS,
     SPEC_HASH_ANNOTATION,
     TAG_ROUTING_ANNOTATION,
     DeploymentMode,
@@ -20,7 +20,7 @@ from components.deploy.inferenceservice import (
     build_inference_service,
 )
 from components.deploy.render import INFERENCE_SERVICE_FILE, render_inference_service, write_manifests
-from tests.k8s_schema import INFERENCE_SERVICE_CRD, requires_schemas, schema_errors
+from tests.k8s_schema import INFERENCE_SERVICE_CRDS, requires_schemas, schema_errors
 
 BLOB = "https://acct.blob.core.windows.net/models/models/mnist/versions/3"
 
@@ -36,38 +36,40 @@ def predictor(**overrides: Any) -> dict[str, Any]:
 
 
 VARIANTS = {
-    "serverless-gpu": {},
-    "serverless-canary": {"canary_traffic_percent": 10},
-    "serverless-cpu-scale-to-zero": {"gpus": 0, "min_replicas": 0},
-    "raw-gpu": {"mode": DeploymentMode.RAW, "scale_metric": "cpu", "scale_target": 70},
+    "knative-gpu": {},
+    "knative-canary": {"canary_traffic_percent": 10},
+    "knative-cpu-scale-to-zero": {"gpus": 0, "min_replicas": 0},
+    "standard-gpu": {"mode": DeploymentMode.STANDARD, "scale_metric": "cpu", "scale_target": 70},
     "two-gpus-custom-pool": {"gpus": 2, "gpu_profile": GpuProfile(node_selector={"pool": "a100"}, taint_value="a100")},
 }
 
 
 @requires_schemas
+@pytest.mark.parametrize("crd", INFERENCE_SERVICE_CRDS)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_variant_validates_against_the_crd_with_no_field_dropped(variant: str) -> None:
+def test_every_variant_validates_against_kserve_0_18_and_the_newest_crd_with_no_field_dropped(variant: str, crd: str) -> None:
     manifest = build_inference_service(settings(**VARIANTS[variant]))
 
-    assert schema_errors(manifest, INFERENCE_SERVICE_CRD) == []
+    assert schema_errors(manifest, crd) == []
 
 
 @requires_schemas
-def test_the_schema_check_reports_fields_the_api_server_would_drop() -> None:
+@pytest.mark.parametrize("crd", INFERENCE_SERVICE_CRDS)
+def test_the_schema_check_reports_fields_the_api_server_would_drop(crd: str) -> None:
     manifest = build_inference_service(settings())
     manifest["spec"]["predictor"]["containers"][0]["readinessprobe"] = {}  # a typo the CRD would silently prune
 
-    assert schema_errors(manifest, INFERENCE_SERVICE_CRD) == [
+    assert schema_errors(manifest, crd) == [
         ".spec.predictor.containers[0].readinessprobe: unknown field, the API server would drop it"
     ]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_only_fields_a_kserve_016_controller_knows_are_sent(variant: str) -> None:
+def test_only_long_standing_predictor_fields_are_sent(variant: str) -> None:
     manifest = build_inference_service(settings(**VARIANTS[variant]))
 
     assert set(manifest["spec"]) == {"predictor"}
-    assert set(manifest["spec"]["predictor"]) <= KSERVE_016_PREDICTOR_FIELDS
+    assert set(manifest["spec"]["predictor"]) <= PREDICTOR_FIELDS
 
 
 def test_the_predictor_runs_the_serving_cli_on_the_model_the_storage_initializer_fetched() -> None:
@@ -129,12 +131,38 @@ def test_identity_scaling_and_the_model_level_readiness_probe() -> None:
     assert spec["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/v2/models/mnist/ready", "port": 8080}
 
 
-def test_deployment_mode_is_an_annotation_and_tag_routing_comes_with_serverless_only() -> None:
-    serverless = build_inference_service(settings())["metadata"]["annotations"]
-    raw = build_inference_service(settings(mode="RawDeployment", scale_metric="cpu"))["metadata"]["annotations"]
+def test_deployment_mode_is_annotated_by_todays_names_and_tag_routing_comes_with_knative_only() -> None:
+    knative = build_inference_service(settings())["metadata"]["annotations"]
+    standard = build_inference_service(settings(mode="Standard", scale_metric="cpu"))["metadata"]["annotations"]
 
-    assert serverless == {DEPLOYMENT_MODE_ANNOTATION: "Serverless", TAG_ROUTING_ANNOTATION: "true"}
-    assert raw == {DEPLOYMENT_MODE_ANNOTATION: "RawDeployment"}
+    assert knative == {DEPLOYMENT_MODE_ANNOTATION: "Knative", TAG_ROUTING_ANNOTATION: "true"}
+    assert standard == {DEPLOYMENT_MODE_ANNOTATION: "Standard"}
+
+
+@pytest.mark.parametrize(("given", "mode"), [("Knative", DeploymentMode.KNATIVE), ("Standard", DeploymentMode.STANDARD),
+                                             ("Serverless", DeploymentMode.KNATIVE), ("RawDeployment", DeploymentMode.STANDARD)])
+def test_the_old_mode_names_are_accepted_and_mapped_to_todays(given: str, mode: DeploymentMode) -> None:
+    s = settings(mode=given, scale_metric="cpu")
+
+    assert s.mode is mode
+    assert build_inference_service(s)["metadata"]["annotations"][DEPLOYMENT_MODE_ANNOTATION] == mode.value
+
+
+@pytest.mark.parametrize("given", ["Canary", "knative", "ModelMesh", ""])
+def test_an_unknown_mode_is_refused_naming_the_accepted_values(given: str) -> None:
+    with pytest.raises(ValueError) as failure:
+        DeploymentMode(given)
+
+    assert str(failure.value) == (f"expected deployment_mode 'Standard' or 'Knative' (or their old names "
+                                  f"'RawDeployment', 'Serverless'), got {given!r}")
+
+
+def test_standard_mode_declares_the_http_readiness_probe_on_the_model_level_path() -> None:
+    # Without one, KServe's Standard mode gives the pod a TCP probe on 8080 that passes before the model loads.
+    (container,) = predictor(mode=DeploymentMode.STANDARD, scale_metric="cpu")["containers"]
+
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/models/mnist/ready", "port": 8080}
+    assert "tcpSocket" not in container["readinessProbe"]
 
 
 def test_canary_traffic_is_set_only_when_asked() -> None:
@@ -156,10 +184,10 @@ def test_the_spec_hash_follows_the_pod_spec_not_the_bookkeeping_annotations() ->
     ({"storage_uri": "/home/me/models/mnist/versions/3"}, "expected a storage URI the KServe storage initializer can fetch"),
     ({"name": "MNIST_v2"}, "expected a service name of lowercase letters"),
     ({"name": "m" * 48}, "at most 47 characters"),
-    ({"mode": "RawDeployment"}, "expected scale_metric in ('cpu', 'memory') for RawDeployment, got 'concurrency'"),
-    ({"mode": "RawDeployment", "scale_metric": "cpu", "canary_traffic_percent": 10}, "in Serverless mode only"),
+    ({"mode": "Standard"}, "expected scale_metric in ('cpu', 'memory') for Standard, got 'concurrency'"),
+    ({"mode": "RawDeployment", "scale_metric": "cpu", "canary_traffic_percent": 10}, "in Knative mode only"),
     ({"min_replicas": 4, "max_replicas": 2}, "min_replicas <= max_replicas"),
-    ({"mode": "Canary"}, "'Canary' is not a valid DeploymentMode"),
+    ({"mode": "Canary"}, "expected deployment_mode 'Standard' or 'Knative'"),
 ])
 def test_invalid_settings_are_refused_with_what_was_expected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

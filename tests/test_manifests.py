@@ -16,7 +16,7 @@ import pytest
 from components.cluster import TRAINING_POD_LABELS
 from components.deploy.examples import example_settings, example_text
 from components.deploy.inferenceservice import COMPONENT_LABEL, PART_OF_LABEL
-from tests.k8s_schema import INFERENCE_SERVICE_CRD, requires_schemas, schema_errors
+from tests.k8s_schema import INFERENCE_SERVICE_CRDS, requires_schemas, schema_errors
 from tests.kustomize import by_kind_and_name, kubectl_available, render, render_in_python, render_with_kubectl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,11 +103,12 @@ def test_training_and_serving_service_accounts_carry_a_workload_identity_client_
 
 
 @requires_schemas
-def test_the_example_inference_service_validates_against_the_crd(overlay: tuple[str, dict]) -> None:
+@pytest.mark.parametrize("crd", INFERENCE_SERVICE_CRDS)
+def test_the_example_inference_service_validates_against_kserve_0_18_and_the_newest_crd(overlay: tuple[str, dict], crd: str) -> None:
     _, resources = overlay
     (isvc,) = of_kind(resources, "InferenceService")
 
-    assert schema_errors(isvc, INFERENCE_SERVICE_CRD) == []
+    assert schema_errors(isvc, crd) == []
 
 
 def test_the_example_inference_service_runs_restricted_with_identity_and_model_probe(overlay: tuple[str, dict]) -> None:

@@ -24,8 +24,8 @@ def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri
         local_state_dir: Where the local server's pid and log are kept.
         kserve_namespace: Namespace of the InferenceService (target kserve).
         serving_gpus: GPUs per predictor replica (target kserve).
-        deployment_mode: Serverless (canary rollouts) or RawDeployment (rolling updates).
-        canary_percent: Traffic share of a new revision before promotion (Serverless).
+        deployment_mode: Knative (canary rollouts) or Standard (rolling updates); Serverless and RawDeployment are accepted.
+        canary_percent: Traffic share of a new revision before promotion (Knative mode; 0: no canary).
         endpoint: The deployment record (URL, version, smoke results).
     """
     import json

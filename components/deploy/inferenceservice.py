@@ -9,11 +9,13 @@ credentials itself; the serving module still verifies every file against ``MANIF
 initializer authenticates with ``DefaultAzureCredential`` when ``AZURE_CLIENT_ID`` is set, which the workload
 identity webhook injects because the pod carries the ``azure.workload.identity/use`` label.
 
-Compatibility: the Kubeflow platform ships KServe 0.16, whose controller prunes fields it does not know.
-The builder uses only the long-standing fields listed in :data:`KSERVE_016_PREDICTOR_FIELDS` (no
-``storageUris``, ``autoScaling``, ``scaleMetricType``, ``deploymentStrategy`` or ``spec.canary``).
+Compatibility: the Kubeflow platform 26.03 ships KServe 0.18, the newest is 0.21; an API server prunes fields
+its CRD does not know. The manifest validates against the 0.18 and the newest CRD (tests), and the builder
+uses only the long-standing fields listed in :data:`PREDICTOR_FIELDS` (no ``storageUris``, ``autoScaling``,
+``scaleMetricType``, ``deploymentStrategy`` or ``spec.canary``). The deployment mode is annotated explicitly
+(``Standard`` or ``Knative``; the shipped default is Knative), by today's names.
 
-Security context: everything is set on the container, not the pod, because Knative (Serverless mode)
+Security context: everything is set on the container, not the pod, because Knative (Knative mode)
 rejects pod-level ``securityContext`` fields unless its ``kubernetes.podspec-securitycontext`` flag is on.
 The read-only root filesystem gets a writable emptyDir at ``/tmp`` (Knative: ``kubernetes.podspec-volumes-emptydir``).
 """
@@ -43,8 +45,8 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "kfp-ps-classifier"
 RUN_AS_USER = 1000  # the image's non-root user (see manifests/docker/Dockerfile)
 
-# Predictor fields a KServe 0.16 controller knows; the builder emits nothing else under spec.predictor.
-KSERVE_016_PREDICTOR_FIELDS = frozenset({
+# Long-standing predictor fields every supported controller (0.18 and newer) knows; nothing else is emitted.
+PREDICTOR_FIELDS = frozenset({
     "containers", "volumes", "serviceAccountName", "nodeSelector", "tolerations", "labels", "annotations",
     "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent",
 })
@@ -57,13 +59,24 @@ MAX_NAME_LENGTH = 63 - len("-predictor-00001")
 
 
 class DeploymentMode(StrEnum):
-    SERVERLESS = "Serverless"  # Knative: revisions, canary traffic split, scale to zero
-    RAW = "RawDeployment"  # plain Deployment + HPA: rolling updates, no canary
+    """KServe's deployment modes by today's names; the older names are accepted as input and mapped."""
+
+    KNATIVE = "Knative"  # was Serverless: revisions, canary traffic split, scale to zero
+    STANDARD = "Standard"  # was RawDeployment: plain Deployment + HPA, rolling updates
+
+    @classmethod
+    def _missing_(cls, value: object) -> DeploymentMode:
+        # Pipeline parameters, the CLI and old live services still say Serverless / RawDeployment.
+        if value in LEGACY_MODE_NAMES:
+            return cls(LEGACY_MODE_NAMES[value])
+        raise ValueError(f"expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', "
+                         f"'Serverless'), got {value!r}")
 
 
+LEGACY_MODE_NAMES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 SCALE_METRICS = {
-    DeploymentMode.SERVERLESS: ("concurrency", "rps", "cpu", "memory"),
-    DeploymentMode.RAW: ("cpu", "memory"),  # the HPA scales on resource metrics only
+    DeploymentMode.KNATIVE: ("concurrency", "rps", "cpu", "memory"),
+    DeploymentMode.STANDARD: ("cpu", "memory"),  # the HPA scales on resource metrics only
 }
 
 
@@ -85,7 +98,7 @@ class InferenceServiceSettings:
     max_replicas: int = 3
     scale_metric: str = "concurrency"
     scale_target: int = 8
-    mode: DeploymentMode = DeploymentMode.SERVERLESS
+    mode: DeploymentMode = DeploymentMode.KNATIVE
     canary_traffic_percent: int | None = None
     http_port: int = 8080
     model_version: int | None = None
@@ -113,12 +126,12 @@ def settings_problems(s: InferenceServiceSettings) -> list[str]:
     if s.gpus < 0 or not 0 <= s.min_replicas <= s.max_replicas or s.max_replicas < 1:
         problems.append(f"expected gpus >= 0 and 0 <= min_replicas <= max_replicas >= 1, "
                         f"got gpus={s.gpus}, min_replicas={s.min_replicas}, max_replicas={s.max_replicas}")
-    if s.mode is DeploymentMode.RAW and s.min_replicas < 1:
-        problems.append(f"expected min_replicas >= 1 in RawDeployment mode (no scale to zero), got {s.min_replicas}")
+    if s.mode is DeploymentMode.STANDARD and s.min_replicas < 1:
+        problems.append(f"expected min_replicas >= 1 in Standard mode (no scale to zero), got {s.min_replicas}")
     if s.scale_metric not in SCALE_METRICS[s.mode]:
         problems.append(f"expected scale_metric in {SCALE_METRICS[s.mode]} for {s.mode.value}, got {s.scale_metric!r}")
-    if s.canary_traffic_percent is not None and (s.mode is DeploymentMode.RAW or not 0 <= s.canary_traffic_percent <= 100):
-        problems.append(f"expected canary_traffic_percent between 0 and 100 in Serverless mode only, "
+    if s.canary_traffic_percent is not None and (s.mode is DeploymentMode.STANDARD or not 0 <= s.canary_traffic_percent <= 100):
+        problems.append(f"expected canary_traffic_percent between 0 and 100 in Knative mode only, "
                         f"got {s.canary_traffic_percent} in {s.mode.value}")
     return problems
 
@@ -144,7 +157,7 @@ def build_inference_service(s: InferenceServiceSettings) -> dict[str, Any]:
 
 def service_annotations(s: InferenceServiceSettings) -> dict[str, str]:
     annotations = {DEPLOYMENT_MODE_ANNOTATION: s.mode.value}
-    if s.mode is DeploymentMode.SERVERLESS:
+    if s.mode is DeploymentMode.KNATIVE:
         # Gives the newest revision its own URL (tag "latest") so the smoke request reaches the canary.
         annotations[TAG_ROUTING_ANNOTATION] = "true"
     return annotations

@@ -4,10 +4,10 @@ The flow, for one model version:
 
 1. Read the registry's production pointer (the compare-and-swap base) and check the version is complete.
 2. Get the service. Only a 404 means "create"; any other API error fails the step with its reason.
-3. Create it, or patch it: in Serverless mode as a canary (``canaryTrafficPercent``) when a revision is
-   already serving, in RawDeployment mode as a rolling update. A 409 conflict re-reads and retries, a
+3. Create it, or patch it: in Knative mode as a canary (``canaryTrafficPercent``) when a revision is
+   already serving, in Standard mode as a rolling update. A 409 conflict re-reads and retries, a
    bounded number of times.
-4. Wait for the new revision (Serverless) or the new pods (RawDeployment) to be Ready, with a timeout;
+4. Wait for the new revision (Knative) or the new pods (Standard) to be Ready, with a timeout;
    known-fatal states (failed revision, crash-looping or unpullable containers, a failed model load) fail fast.
 5. Send a smoke request to the new revision, then promote the canary to 100 % and wait for it.
 6. Move the production pointer (compare-and-swap) and return a :class:`DeploymentRecord`.
@@ -170,7 +170,7 @@ class RolloutPolicy:
     promote_timeout_s: float = 300.0
     rollback_timeout_s: float = 300.0
     poll_interval_s: float = 5.0
-    canary_percent: int = 10  # 0 disables the canary (Serverless then shifts all traffic at once)
+    canary_percent: int = 10  # 0 disables the canary (Knative then shifts all traffic at once)
     conflict_retries: int = 3
 
 
@@ -252,8 +252,8 @@ class Rollout:
     desired: dict[str, Any]
     previous: dict[str, Any] | None  # the live object before this run; None when this run created it
     canary: bool
-    baseline_revision: str | None  # the revision created before this run (Serverless)
-    serving_revision: str | None  # the revision that served 100 % before this run (Serverless)
+    baseline_revision: str | None  # the revision created before this run (Knative)
+    serving_revision: str | None  # the revision that served 100 % before this run (Knative)
     changed: bool  # False: the service already ran this exact spec
 
     @property
@@ -355,11 +355,12 @@ def create_service(api: InferenceServiceApi, settings: InferenceServiceSettings)
 
 def update_service(api: InferenceServiceApi, current: dict[str, Any], settings: InferenceServiceSettings,
                    policy: RolloutPolicy) -> Rollout:
-    check_same_mode(current, settings, api.namespace)
+    mode_name = live_mode_name(current, settings, api.namespace)
     status = predictor_status(current)
     serving = status.get("latestRolledoutRevision") or status.get("latestReadyRevision")
-    canary = settings.mode is DeploymentMode.SERVERLESS and policy.canary_percent > 0 and serving is not None
+    canary = settings.mode is DeploymentMode.KNATIVE and policy.canary_percent > 0 and serving is not None
     desired = build_inference_service(replace(settings, canary_traffic_percent=policy.canary_percent if canary else None))
+    desired["metadata"]["annotations"][DEPLOYMENT_MODE_ANNOTATION] = mode_name
     changed = not already_serving(current, desired)
     rollout = Rollout(settings.name, settings.mode, desired, current, canary and changed,
                       status.get("latestCreatedRevision"), serving, changed)
@@ -384,11 +385,21 @@ def already_serving(current: dict[str, Any], desired: dict[str, Any]) -> bool:
     )
 
 
-def check_same_mode(current: dict[str, Any], settings: InferenceServiceSettings, namespace: str) -> None:
-    found = current.get("metadata", {}).get("annotations", {}).get(DEPLOYMENT_MODE_ANNOTATION, DeploymentMode.SERVERLESS.value)
-    if found != settings.mode.value:
+def live_mode_name(current: dict[str, Any], settings: InferenceServiceSettings, namespace: str) -> str:
+    """How the live service spells its deployment mode, when it means ``settings.mode``; DeployError otherwise.
+
+    KServe's webhook compares the annotation with ``status.deploymentMode`` as strings, without mapping the old
+    names (kserve/kserve#4798): a service created as ``Serverless`` must keep that spelling on every update."""
+    meta_mode = current.get("metadata", {}).get("annotations", {}).get(DEPLOYMENT_MODE_ANNOTATION)
+    found = current.get("status", {}).get("deploymentMode") or meta_mode or DeploymentMode.KNATIVE.value
+    try:
+        same = DeploymentMode(found) is settings.mode
+    except ValueError:
+        same = False  # a mode this project does not deploy (ModelMesh …)
+    if not same:
         raise DeployError(f"InferenceService {namespace}/{settings.name} runs in {found} mode, expected {settings.mode.value}: "
                           f"KServe cannot switch modes in place; delete the service or deploy under another name")
+    return str(found)
 
 
 def service_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -457,7 +468,7 @@ def new_revision_ready(api: InferenceServiceApi, rollout: Rollout, live: dict[st
     raise_if_pods_failed([p for p in pods if pod_fingerprint(p) == rollout.fingerprint])
     if not condition_true(live, "Ready"):
         return False, f"Ready (now: {condition_summary(live, 'Ready')})"
-    if rollout.mode is DeploymentMode.RAW:
+    if rollout.mode is DeploymentMode.STANDARD:
         return raw_rollout_done(pods, rollout.fingerprint)
     status = predictor_status(live)
     created, ready = status.get("latestCreatedRevision"), status.get("latestReadyRevision")
@@ -620,7 +631,7 @@ def rollback_check(api: InferenceServiceApi, rollout: Rollout) -> Check:
     if rollout.canary:
         return lambda obj: all_traffic_on(obj, rollout.serving_revision)
     previous = live_fingerprint(rollout.previous or {})
-    if rollout.mode is DeploymentMode.RAW and previous:
+    if rollout.mode is DeploymentMode.STANDARD and previous:
         return lambda obj: raw_rollout_done(api.pods(rollout.name), previous) if condition_true(obj, "Ready") else (False, "Ready")
     return lambda obj: (generation_observed(obj) and condition_true(obj, "Ready"), "Ready with the previous spec")
 

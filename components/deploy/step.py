@@ -15,6 +15,7 @@ from typing import Any
 
 from components.data.prepare import first_examples, read_info
 from components.deploy import local
+from components.deploy.inferenceservice import DeploymentMode
 from components.registry import Registry, pinned_uri
 from components.store import Store
 
@@ -28,19 +29,26 @@ class KServeTarget:
 
     namespace: str
     gpus: int = 1
-    mode: str = "Serverless"
+    mode: DeploymentMode | str = DeploymentMode.KNATIVE
     canary_percent: int = 10
+
+    def __post_init__(self) -> None:
+        # Parsed here, so a bad pipeline parameter fails before anything touches the cluster.
+        object.__setattr__(self, "mode", DeploymentMode(self.mode))
+        if not 0 <= self.canary_percent <= 100:
+            raise ValueError(f"expected canary_percent between 0 (no canary) and 100, got {self.canary_percent}")
 
     def settings_fields(self) -> dict[str, Any]:
         """InferenceServiceSettings fields these pipeline parameters imply (render and deploy share this)."""
-        serverless = self.mode == "Serverless"
+        knative = self.mode is DeploymentMode.KNATIVE
         return {
             "gpus": self.gpus,
             "mode": self.mode,
-            # A canary only exists in Serverless mode; RawDeployment rolls pods and scales on CPU (HPA).
-            "canary_traffic_percent": self.canary_percent if serverless and 0 < self.canary_percent < 100 else None,
-            "scale_metric": "concurrency" if serverless else "cpu",
-            "scale_target": 8 if serverless else 70,
+            # A canary only exists in Knative mode (Standard has one only from KServe 0.20, and 0.18 is supported):
+            # Standard rolls pods and scales on CPU (HPA). 0 and 100 both mean "no canary phase".
+            "canary_traffic_percent": self.canary_percent if knative and 0 < self.canary_percent < 100 else None,
+            "scale_metric": "concurrency" if knative else "cpu",
+            "scale_target": 8 if knative else 70,
         }
 
 
@@ -70,7 +78,7 @@ def deploy(target: str, store: Store, dataset_prefix: str, model_name: str, vers
 
 def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int | None,
                   target: KServeTarget | None) -> dict[str, Any]:
-    """Create or update the InferenceService on the cluster (canary in Serverless mode) and promote."""
+    """Create or update the InferenceService on the cluster (canary in Knative mode) and promote."""
     from components.deploy.kserve import deploy_registry_version
 
     if target is None or not target.namespace:
