@@ -125,7 +125,8 @@ def cmd_render(args: argparse.Namespace) -> None:
     target = kserve_target(p)
     settings = InferenceServiceSettings(
         name=p["model_name"], namespace=p["kserve_namespace"], model_name=p["model_name"], model_version=args.version,
-        storage_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",
+        model_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",
+        manifest_sha256=args.manifest_sha256,
         **target.settings_fields(),
     )
     for path in write_manifests(args.output_dir, settings):
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="write the manifests the cluster steps would create (for review)")
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--version", type=int, default=1, help="registry version the InferenceService would serve")
+    p.add_argument("--manifest-sha256", metavar="DIGEST", help="pin the version to this manifest digest, as the deploy step "
+                   "does (`python -m pipelines registry show` prints it); without it the rendered URI is unpinned")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("stop", help="stop the local model server that `run --local` started")

@@ -24,9 +24,9 @@ from kserve import InferInput, InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import to_http_parameters
 
 from components.imagefile import MAX_IMAGE_PIXELS
-from components.modelfile import ModelCard, load_model, verify_manifest
+from components.modelfile import MANIFEST_FILE, ModelCard, load_model, sha256_file, verify_manifest
 from components.predict import predict_proba
-from components.registry import materialize
+from components.registry import materialize, split_pinned
 from serving.batching import Batcher, BatchingOptions
 from serving.codec import (
     BYTES_INPUT,
@@ -68,14 +68,17 @@ class ImageClassifier(Model):
     def load(self) -> bool:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         with tempfile.TemporaryDirectory(prefix="model-") as scratch:
+            # A pinned URI must find exactly that manifest (materialize refuses any other).
             folder = materialize(self.model_uri, Path(scratch))
             # Refuse to serve anything whose files do not match the manifest (raises, names the file).
             self.manifest = verify_manifest(folder)
+            digest = sha256_file(folder / MANIFEST_FILE)
             self.net, self.card = load_model(folder, device)
         self.spec = ServingSpec.from_card(self.card, self.max_instances, self.max_request_pixels)
         self.forward(np.zeros((1, *self.card.input_shape), dtype=np.float32))  # a model that cannot run is not ready
         self.batcher = Batcher(self.forward, self.batching, self.name)
-        logger.info("loaded %s version %s (%s) on %s; batching %s", self.name, self.manifest.get("version"), self.card.arch, device, self.batching)
+        logger.info("%s; %s on %s; batching %s", load_summary(self.name, self.model_uri, self.manifest, digest),
+                    self.card.arch, device, self.batching)
         self.ready = True
         return self.ready
 
@@ -126,6 +129,14 @@ class ImageClassifier(Model):
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
+
+
+def load_summary(name: str, model_uri: str, manifest: dict[str, Any], digest: str) -> str:
+    """The load log line an operator checks: which version, from where, which manifest, what was verified."""
+    base, pinned = split_pinned(model_uri)
+    pin = "matches the digest pinned in the model URI" if pinned else "unpinned: the model URI carries no digest"
+    return (f"loaded {name} version {manifest.get('version')} from {base}: {MANIFEST_FILE} sha256 {digest} ({pin}), "
+            f"SHA-256 of all {len(manifest['files'])} files verified against it")
 
 
 def _tensor_data(tensor: InferInput) -> Any:

@@ -81,14 +81,25 @@ def test_render_writes_an_inference_service_for_the_given_parameters(tmp_path):
     container = predictor["containers"][0]
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"  # the old name, mapped
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    storage = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
-    assert storage == "https://acct.blob.core.windows.net/models/models/digits/versions/7"
+    model_uri = container["args"][container["args"].index("--model-uri") + 1]
+    assert model_uri == "https://acct.blob.core.windows.net/models/models/digits/versions/7"  # no digest given: unpinned
+    assert "STORAGE_URI" not in {e["name"] for e in container["env"]}
     job = yaml.safe_load((tmp_path / "pytorchjob.yaml").read_text())
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert job["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     worker = replicas["Worker"]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["nodeSelector"] == predictor["nodeSelector"]  # one GPU scheduling profile for both
+
+
+def test_render_pins_the_version_to_a_given_manifest_digest(tmp_path):
+    from pipelines.cli import main
+
+    digest = "5e" * 32
+    main(["render", "--output-dir", str(tmp_path), "--version", "7", "--manifest-sha256", digest,
+          "--param", "store_uri=https://acct.blob.core.windows.net/models"])
+    args = yaml.safe_load((tmp_path / "inferenceservice.yaml").read_text())["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--model-uri") + 1] == f"https://acct.blob.core.windows.net/models/models/digits/versions/7#manifest-sha256={digest}"
 
 
 @pytest.mark.parametrize(("param", "message"), [

@@ -41,7 +41,7 @@ from components.deploy.kserve import (
 )
 from components.deploy.step import KServeTarget
 from components.errors import DeployError
-from components.registry import Registry
+from components.registry import Registry, pinned_uri
 from components.store import LocalStore
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -287,7 +287,7 @@ def registry(tmp_path: Path) -> Registry:
 def settings(version: int, mode: DeploymentMode = DeploymentMode.KNATIVE, **extra: Any) -> InferenceServiceSettings:
     return InferenceServiceSettings(
         name=NAME, namespace=NS, model_name=NAME, model_version=version, mode=mode,
-        storage_uri=f"https://acct.blob.core.windows.net/models/models/{NAME}/versions/{version}",
+        model_uri=f"https://acct.blob.core.windows.net/models/models/{NAME}/versions/{version}",
         image="kfpps.azurecr.io/kfp-ps-classifier:0.1.0",
         scale_metric="concurrency" if mode is DeploymentMode.KNATIVE else "cpu", **extra,
     )
@@ -308,9 +308,10 @@ def serving_traffic(cluster: FakeCluster) -> dict[str, int]:
     return {t["revisionName"]: t["percent"] for t in status["traffic"]}
 
 
-def live_storage_uri(cluster: FakeCluster) -> str:
-    container = cluster.objects[NAME]["spec"]["predictor"]["containers"][0]
-    return next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
+def live_model_uri(cluster: FakeCluster) -> str:
+    """What the live predictor container downloads (its ``--model-uri``)."""
+    args = cluster.objects[NAME]["spec"]["predictor"]["containers"][0]["args"]
+    return args[args.index("--model-uri") + 1]
 
 
 # -- Serverless -------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def test_update_rolls_out_as_a_canary_then_promotes_to_full_traffic(registry: Re
     assert smoke.targets[0].url == f"http://latest-{NAME}-predictor.{NS}.example.com"  # the canary's own URL
     assert smoke.targets[0].revision == f"{NAME}-predictor-00002"
     assert serving_traffic(cluster) == {f"{NAME}-predictor-00002": 100}
-    assert live_storage_uri(cluster).endswith("/versions/2")
+    assert live_model_uri(cluster) == pinned_uri(settings(2).model_uri, registry.manifest_sha256(2))
     assert (record.version, record.previous_version, record.revision) == (2, 1, f"{NAME}-predictor-00002")
     assert registry.production().version == 2
 
@@ -551,7 +552,7 @@ def test_raw_deployment_crash_loop_fails_fast_and_restores_the_previous_spec(reg
     assert "CrashLoopBackOff" in str(failure.value)
     assert "restored the previous spec (verified)" in str(failure.value)
     assert clock.now < POLICY.ready_timeout_s  # failed fast, did not sit out the timeout
-    assert live_storage_uri(cluster).endswith("/versions/1")
+    assert live_model_uri(cluster) == pinned_uri(settings(1).model_uri, registry.manifest_sha256(1))
     assert registry.production().version == 1
 
 
@@ -565,9 +566,22 @@ def test_the_step_serves_the_version_from_the_registrys_own_blob_uri(registry: R
     record = deploy_registry_version(registry, 2, "run-9", NS, NAME, api=cluster, smoke=RecordingSmoke(),
                                      policy=POLICY, clock=FakeClock(), gpus=0)
 
-    assert live_storage_uri(cluster) == "https://acct.blob.core.windows.net/models/models/mnist/versions/2"
+    digest = registry.manifest_sha256(2)
+    assert live_model_uri(cluster) == f"https://acct.blob.core.windows.net/models/models/mnist/versions/2#manifest-sha256={digest}"
+    container = cluster.objects[NAME]["spec"]["predictor"]["containers"][0]
+    assert "STORAGE_URI" not in {e["name"] for e in container["env"]}  # no storage initializer: the predictor downloads
     assert cluster.objects[NAME]["spec"]["predictor"]["annotations"]["kfp-ps-classifier/model-version"] == "2"
     assert record.run_id == "run-9" and registry.production().version == 2
+
+
+def test_settings_pinned_to_another_manifest_are_refused_before_touching_the_cluster(registry: Registry) -> None:
+    cluster = FakeCluster()
+    stale = settings(2, manifest_sha256="0" * 64)
+
+    with pytest.raises(DeployError, match=f"found {registry.manifest_sha256(2)}: it changed since"):
+        deploy_to_kserve(cluster, stale, registry, 2, "run-2", RecordingSmoke(), POLICY, FakeClock())
+
+    assert cluster.calls == []
 
 
 def test_the_step_refuses_a_registry_the_cluster_cannot_read(registry: Registry) -> None:

@@ -23,10 +23,11 @@ from components.deploy.render import INFERENCE_SERVICE_FILE, render_inference_se
 from tests.k8s_schema import INFERENCE_SERVICE_CRDS, requires_schemas, schema_errors
 
 BLOB = "https://acct.blob.core.windows.net/models/models/mnist/versions/3"
+DIGEST = "ab" * 32  # the version's MANIFEST.json SHA-256
 
 
 def settings(**overrides: Any) -> InferenceServiceSettings:
-    base: dict[str, Any] = dict(name="mnist", namespace="team-a", storage_uri=BLOB, model_name="mnist",
+    base: dict[str, Any] = dict(name="mnist", namespace="team-a", model_uri=BLOB, manifest_sha256=DIGEST, model_name="mnist",
                                 image="kfpps.azurecr.io/kfp-ps-classifier:0.1.0", model_version=3)
     return InferenceServiceSettings(**{**base, **overrides})
 
@@ -72,16 +73,35 @@ def test_only_long_standing_predictor_fields_are_sent(variant: str) -> None:
     assert set(manifest["spec"]["predictor"]) <= PREDICTOR_FIELDS
 
 
-def test_the_predictor_runs_the_serving_cli_on_the_model_the_storage_initializer_fetched() -> None:
-    (container,) = predictor()["containers"]
+def test_the_predictor_downloads_its_pinned_version_itself_so_kserve_injects_no_storage_initializer() -> None:
+    spec = predictor()
+    (container,) = spec["containers"]
 
-    assert container["name"] == "kserve-container"  # the name KServe's storage initializer looks for
+    assert container["name"] == "kserve-container"
     assert container["image"] == "kfpps.azurecr.io/kfp-ps-classifier:0.1.0"
     assert container["command"] + container["args"] == [
-        "python", "-m", "serving", "--model-uri", "/mnt/models", "--model-name", "mnist", "--http-port", "8080",
+        "python", "-m", "serving", "--model-uri", f"{BLOB}#manifest-sha256={DIGEST}", "--model-name", "mnist",
+        "--http-port", "8080",
         "--listen-address", "0.0.0.0"]  # the server's own default is loopback: probes and the router come from outside
-    assert {"name": "STORAGE_URI", "value": BLOB} in container["env"]
+    # STORAGE_URI (or storageUri) would make KServe inject its storage initializer, which the workload-identity
+    # webhook never sees; the main container gets the identity from the label and the service account.
+    assert [e["name"] for e in container["env"]] == ["HOME"]
+    assert "storageUri" not in spec and "initContainers" not in spec
+    assert spec["labels"]["azure.workload.identity/use"] == "true" and spec["serviceAccountName"] == "kfp-ps-serving"
     assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_without_a_digest_the_model_uri_is_unpinned() -> None:
+    (container,) = predictor(manifest_sha256=None)["containers"]
+
+    assert container["args"][:2] == ["--model-uri", BLOB]
+
+
+def test_liveness_leaves_time_for_the_download_and_the_hash_checks() -> None:
+    (container,) = predictor()["containers"]
+
+    assert container["livenessProbe"]["initialDelaySeconds"] >= 120
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
 
 
 def test_gpu_resources_node_selector_and_toleration_come_from_the_shared_gpu_profile() -> None:
@@ -175,13 +195,16 @@ def test_the_spec_hash_follows_the_pod_spec_not_the_bookkeeping_annotations() ->
         return predictor(**overrides)["annotations"][SPEC_HASH_ANNOTATION]
 
     assert spec_hash() == spec_hash(model_version=99, rollout_id="run-7", canary_traffic_percent=10)
-    assert spec_hash() != spec_hash(storage_uri=BLOB.replace("/3", "/4"))
+    assert spec_hash() != spec_hash(model_uri=BLOB.replace("/3", "/4"))
+    assert spec_hash() != spec_hash(manifest_sha256="cd" * 32)
     assert spec_hash() != spec_hash(memory="4Gi")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"image": "kfpps.azurecr.io/kfp-ps-classifier:latest"}, "expected a pinned image"),
-    ({"storage_uri": "/home/me/models/mnist/versions/3"}, "expected a storage URI the KServe storage initializer can fetch"),
+    ({"model_uri": "/home/me/models/mnist/versions/3"}, "expected the model version's Azure Blob URI"),
+    ({"model_uri": f"{BLOB}#manifest-sha256={DIGEST}"}, "no fragment"),
+    ({"manifest_sha256": "ABC"}, "expected a manifest SHA-256 of 64 lowercase hex digits, got 'ABC'"),
     ({"name": "MNIST_v2"}, "expected a service name of lowercase letters"),
     ({"name": "m" * 48}, "at most 47 characters"),
     ({"mode": "Standard"}, "expected scale_metric in ('cpu', 'memory') for Standard, got 'concurrency'"),

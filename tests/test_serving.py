@@ -367,3 +367,39 @@ def test_a_large_photo_is_fitted_exactly_as_preparation_fits_training_images(tmp
         proc.terminate()
         proc.wait(timeout=30)
     assert json.loads((folder / "model.json").read_text())["preprocess"] == FIT
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_the_load_log_names_the_version_its_manifest_digest_and_the_verified_files(tmp_path, caplog, pinned):
+    """The line an operator greps in the predictor pod's log to see what it serves and that it was checked."""
+    import logging
+
+    from components.modelfile import MANIFEST_FILE, sha256_file
+    from components.registry import pinned_uri
+    from serving.model import ImageClassifier
+
+    folder = make_version_folder(tmp_path / "v1")
+    digest = sha256_file(folder / MANIFEST_FILE)
+    model = ImageClassifier(MODEL, pinned_uri(str(folder), digest) if pinned else str(folder))
+    with caplog.at_level(logging.INFO, logger="serving.model"):
+        assert model.load()
+    model.stop()
+
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
+    files = len(json.loads((folder / MANIFEST_FILE).read_text())["files"])
+    pin = "matches the digest pinned in the model URI" if pinned else "unpinned: the model URI carries no digest"
+    assert line.startswith(f"loaded {MODEL} version 1 from {folder}: {MANIFEST_FILE} sha256 {digest} ({pin}), "
+                           f"SHA-256 of all {files} files verified against it; small_cnn on ")
+
+
+def test_a_version_whose_manifest_differs_from_the_pinned_digest_is_refused(tmp_path):
+    from components.errors import ModelFormatError
+    from components.registry import pinned_uri
+    from serving.model import ImageClassifier
+
+    folder = make_version_folder(tmp_path / "v1")
+    model = ImageClassifier(MODEL, pinned_uri(str(folder), "0" * 64))
+
+    with pytest.raises(ModelFormatError, match="expected 0{64}"):
+        model.load()
+    assert not model.ready

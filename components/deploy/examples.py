@@ -17,17 +17,18 @@ MODELS = "https://kfppsstore.blob.core.windows.net/models"  # the storage accoun
 
 
 def example_settings() -> dict[str, InferenceServiceSettings]:
-    """Repository path -> settings, one per overlay."""
+    """Repository path -> settings, one per overlay. Unpinned (no manifest digest: no registry to ask here);
+    the deploy step pins every version it deploys."""
     return {
         # AKS with a GPU pool (manifests/aks/setup.sh): one GPU per replica, Knative mode with canaries.
         "manifests/overlays/aks/inferenceservice.yaml": InferenceServiceSettings(
             name="mnist", namespace="kubeflow-user-example-com", model_name="mnist", model_version=1,
-            storage_uri=f"{MODELS}/models/mnist/versions/1", image=DEFAULT_IMAGE,
+            model_uri=f"{MODELS}/models/mnist/versions/1", image=DEFAULT_IMAGE,
         ),
         # A small dev cluster without GPU nodes: CPU only, scaled to zero when idle.
         "manifests/overlays/dev/inferenceservice.yaml": InferenceServiceSettings(
             name="mnist", namespace="kubeflow", model_name="mnist", model_version=1,
-            storage_uri=f"{MODELS}/models/mnist/versions/1", image=DEFAULT_IMAGE,
+            model_uri=f"{MODELS}/models/mnist/versions/1", image=DEFAULT_IMAGE,
             gpus=0, cpu="500m", memory="1Gi", min_replicas=0, max_replicas=1, mode=DeploymentMode.KNATIVE,
         ),
     }

@@ -1,13 +1,14 @@
 """The KServe InferenceService for one model version: a pure function of typed settings.
 
 How the model gets into the container: the predictor is a *custom container* (the project image running
-``python -m serving``), and KServe only fetches models for custom containers through the ``STORAGE_URI``
-environment variable of the container named ``kserve-container``. The controller then injects its storage
-initializer (an init container) that downloads the version's blob prefix into an emptyDir mounted at
-``/mnt/models``, so the predictor is started with ``--model-uri /mnt/models`` and never needs Blob
-credentials itself; the serving module still verifies every file against ``MANIFEST.json``. The storage
-initializer authenticates with ``DefaultAzureCredential`` when ``AZURE_CLIENT_ID`` is set, which the workload
-identity webhook injects because the pod carries the ``azure.workload.identity/use`` label.
+``python -m serving``) that downloads its registry version itself, from the version's Azure Blob URI pinned
+to its manifest (``URI#manifest-sha256=DIGEST``), with ``DefaultAzureCredential``, and verifies the manifest
+digest and every file's SHA-256 before it reports ready. No ``STORAGE_URI``, so KServe injects no storage
+initializer: the Azure workload-identity webhook mutates only the containers present when it runs, so an init
+container injected after it would download anonymously (and fail) on AKS without keys. The main container
+does get the identity: the pod carries the ``azure.workload.identity/use`` label and runs as the serving
+service account, so the webhook injects ``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID`` and
+``AZURE_FEDERATED_TOKEN_FILE``, which ``DefaultAzureCredential`` reads.
 
 Compatibility: the Kubeflow platform 26.03 ships KServe 0.18, the newest is 0.21; an API server prunes fields
 its CRD does not know. The manifest validates against the 0.18 and the newest CRD (tests), and the builder
@@ -30,11 +31,12 @@ from enum import StrEnum
 from typing import Any
 
 from components.cluster import GpuProfile, WorkloadIdentity, pinned_image, project_image
+from components.modelfile import SHA256_HEX
+from components.registry import pinned_uri
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
-CONTAINER_NAME = "kserve-container"  # the name KServe looks for (storage initializer, STORAGE_URI)
-MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts the model
+CONTAINER_NAME = "kserve-container"  # the predictor container's name in KServe's conventions
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 SPEC_HASH_ANNOTATION = "kfp-ps-classifier/spec-hash"
@@ -50,12 +52,13 @@ PREDICTOR_FIELDS = frozenset({
     "containers", "volumes", "serviceAccountName", "nodeSelector", "tolerations", "labels", "annotations",
     "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent",
 })
-STORAGE_URI_PREFIXES = ("https://", "s3://", "gs://", "pvc://")
+BLOB_URI_PREFIX = "https://"  # the predictor reads Azure Blob (https://ACCOUNT.blob.core.windows.net/…) itself
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # The model name goes into URL paths (/v2/models/NAME/ready); the registry's names already fit this.
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Knative names revisions NAME-predictor-00001, and a revision name must fit a 63-character DNS label.
 MAX_NAME_LENGTH = 63 - len("-predictor-00001")
+LOAD_GRACE_S = 120  # download from Blob, hash checks and load of a version, before liveness counts failures
 
 
 class DeploymentMode(StrEnum):
@@ -86,8 +89,9 @@ class InferenceServiceSettings:
 
     name: str
     namespace: str
-    storage_uri: str
+    model_uri: str  # the registry version's Blob URI (Registry.version_uri)
     model_name: str
+    manifest_sha256: str | None = None  # the deploy step always pins; examples and `render` have no registry to ask
     image: str = field(default_factory=project_image)
     service_account: str = "kfp-ps-serving"
     cpu: str = "1"
@@ -120,9 +124,11 @@ def settings_problems(s: InferenceServiceSettings) -> list[str]:
                         f"at most {MAX_NAME_LENGTH} characters, got {s.name!r}")
     if not MODEL_NAME_PATTERN.match(s.model_name):
         problems.append(f"expected a model name of lowercase letters, digits and '-' , got {s.model_name!r}")
-    if not s.storage_uri.startswith(STORAGE_URI_PREFIXES):
-        problems.append(f"expected a storage URI the KServe storage initializer can fetch ({', '.join(STORAGE_URI_PREFIXES)}…), "
-                        f"got {s.storage_uri!r}: push the model to Blob first")
+    if not s.model_uri.startswith(BLOB_URI_PREFIX) or "#" in s.model_uri:
+        problems.append(f"expected the model version's Azure Blob URI (https://ACCOUNT.blob.core.windows.net/CONTAINER/…, "
+                        f"no fragment), got {s.model_uri!r}: push the model to Blob first")
+    if s.manifest_sha256 is not None and not SHA256_HEX.fullmatch(s.manifest_sha256):
+        problems.append(f"expected a manifest SHA-256 of 64 lowercase hex digits, got {s.manifest_sha256!r}")
     if s.gpus < 0 or not 0 <= s.min_replicas <= s.max_replicas or s.max_replicas < 1:
         problems.append(f"expected gpus >= 0 and 0 <= min_replicas <= max_replicas >= 1, "
                         f"got gpus={s.gpus}, min_replicas={s.min_replicas}, max_replicas={s.max_replicas}")
@@ -185,6 +191,11 @@ def predictor_spec(s: InferenceServiceSettings) -> dict[str, Any]:
     return spec
 
 
+def predictor_model_uri(s: InferenceServiceSettings) -> str:
+    """What the predictor downloads: the version's Blob URI, pinned to its manifest when the digest is known."""
+    return s.model_uri if s.manifest_sha256 is None else pinned_uri(s.model_uri, s.manifest_sha256)
+
+
 def predictor_container(s: InferenceServiceSettings) -> dict[str, Any]:
     port = s.http_port
     return {
@@ -193,16 +204,16 @@ def predictor_container(s: InferenceServiceSettings) -> dict[str, Any]:
         "command": ["python", "-m", "serving"],
         # The server listens on loopback unless told otherwise (right for `make run`); in a pod the kubelet's
         # probes and the KServe router reach it on the pod IP, so it listens on every interface there.
-        "args": ["--model-uri", MODEL_MOUNT, "--model-name", s.model_name, "--http-port", str(port),
+        "args": ["--model-uri", predictor_model_uri(s), "--model-name", s.model_name, "--http-port", str(port),
                  "--listen-address", "0.0.0.0"],
-        "env": [
-            {"name": "STORAGE_URI", "value": s.storage_uri},  # KServe's trigger for the storage initializer
-            {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
-        ],
+        # No STORAGE_URI: it would make KServe inject its storage initializer, which lacks the workload identity.
+        "env": [{"name": "HOME", "value": "/tmp"}],  # the root filesystem is read-only
         "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],
         "resources": container_resources(s),
         "readinessProbe": http_probe(f"/v2/models/{s.model_name}/ready", port, period=10, failures=3),
-        "livenessProbe": http_probe("/v2/health/live", port, period=20, failures=3, initial_delay=30),
+        # The server answers only after the download, the hash checks and the load: liveness waits for that
+        # (a startupProbe would be the precise tool, but Knative accepts one only from 1.15 on).
+        "livenessProbe": http_probe("/v2/health/live", port, period=20, failures=3, initial_delay=LOAD_GRACE_S),
         "securityContext": restricted_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }

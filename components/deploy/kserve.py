@@ -277,9 +277,8 @@ def deploy_to_kserve(
     """Roll ``version`` out to the InferenceService ``settings`` describe; promote it or roll back (see module doc)."""
     if api.namespace != settings.namespace:
         raise DeployError(f"expected the Kubernetes client for namespace {settings.namespace!r}, got one for {api.namespace!r}")
-    registry.manifest(version)  # refuse an incomplete version before touching the cluster
+    settings = pinned_settings(settings, registry, version, run_id)  # refuses an incomplete version before touching the cluster
     pointer = registry.production()
-    settings = replace(settings, rollout_id=run_id)
     with cancel_on_sigterm():
         rollout = start_rollout(api, settings, policy)
         try:
@@ -295,6 +294,16 @@ def deploy_to_kserve(
     return record_deployment(registry, settings, version, run_id, pointer, live, target)
 
 
+def pinned_settings(settings: InferenceServiceSettings, registry: Registry, version: int, run_id: str) -> InferenceServiceSettings:
+    """``settings`` for this run: the predictor is pinned to the version's manifest as it is now, so it refuses
+    a version changed after this step looked at it."""
+    digest = registry.manifest_sha256(version)
+    if settings.manifest_sha256 not in (None, digest):
+        raise DeployError(f"expected {registry.name} version {version}'s manifest to have SHA-256 {settings.manifest_sha256}, "
+                          f"found {digest}: it changed since the settings were made; nothing deployed")
+    return replace(settings, manifest_sha256=digest, rollout_id=run_id)
+
+
 def deploy_registry_version(
     registry: Registry,
     version: int,
@@ -307,14 +316,15 @@ def deploy_registry_version(
     clock: Clock = SYSTEM_CLOCK,
     **settings_fields: Any,
 ) -> DeploymentRecord:
-    """The deploy step's one call: serve ``version`` of the registry's model from its own storage URI.
+    """The deploy step's one call: serve ``version`` of the registry's model, which the predictor downloads
+    from the registry's own Blob URI (pinned to the version's manifest by :func:`deploy_to_kserve`).
 
     ``settings_fields`` are the remaining :class:`InferenceServiceSettings` fields (gpus, mode, replicas …);
     ``api`` defaults to the cluster this process runs in (or the kubeconfig), ``smoke`` to :func:`http_smoke`.
     """
     settings = InferenceServiceSettings(
         name=service_name, namespace=namespace, model_name=registry.name, model_version=version,
-        storage_uri=registry.version_uri(version), **settings_fields,
+        model_uri=registry.version_uri(version), **settings_fields,
     )
     api = api if api is not None else KubernetesInferenceServiceApi.from_environment(namespace)
     return deploy_to_kserve(api, settings, registry, version, run_id, smoke or http_smoke, policy, clock)
