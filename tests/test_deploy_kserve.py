@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from components.deploy.inferenceservice import (
     SPEC_HASH_ANNOTATION,
@@ -39,15 +40,15 @@ from components.deploy.kserve import (
     merge_diff,
     recent_events,
 )
-from components.deploy.step import KServeTarget
-from components.errors import DeployError
+from components.deploy.step import KServeTarget, deploy_kserve
+from components.errors import ConflictError, DeployError
 from components.registry import Registry, pinned_uri
 from components.store import LocalStore
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 NS = "models"
 NAME = "mnist"
-POLICY = RolloutPolicy(ready_timeout_s=60, promote_timeout_s=60, rollback_timeout_s=60, poll_interval_s=5, canary_percent=10)
+POLICY = RolloutPolicy(ready_timeout_s=60, promote_timeout_s=60, rollback_timeout_s=60, poll_interval_s=5)
 
 
 # -- the fake cluster -------------------------------------------------------------------------------
@@ -285,6 +286,8 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def settings(version: int, mode: DeploymentMode = DeploymentMode.KNATIVE, **extra: Any) -> InferenceServiceSettings:
+    """The settings the deploy step's defaults give (a 10 % canary in Knative mode)."""
+    extra.setdefault("canary_traffic_percent", 10 if mode is DeploymentMode.KNATIVE else None)
     return InferenceServiceSettings(
         name=NAME, namespace=NS, model_name=NAME, model_version=version, mode=mode,
         model_uri=f"https://acct.blob.core.windows.net/models/models/{NAME}/versions/{version}",
@@ -482,7 +485,7 @@ def test_a_pointer_moved_by_another_run_fails_without_undoing_the_rollout(regist
     def race(target: SmokeTarget) -> None:
         registry.promote(2, actor="kfp-run:other")  # another run wins the pointer meanwhile
 
-    with pytest.raises(DeployError, match="pointer moved during the rollout"):
+    with pytest.raises(DeployError, match="version 1 is live on models/mnist, but it was not promoted: .*lost a race"):
         deploy(cluster, registry, 1, smoke=race)
 
     assert registry.production().version == 2
@@ -596,6 +599,134 @@ def test_the_deploy_parameters_accept_the_old_mode_names_and_refuse_others() -> 
     assert KServeTarget(NS).mode is DeploymentMode.KNATIVE  # KServe's shipped default, annotated explicitly
     with pytest.raises(ValueError, match="expected deployment_mode 'Standard' or 'Knative'.*got 'Raw'"):
         KServeTarget(NS, mode="Raw")
+
+
+# -- canary_percent: from the pipeline parameter through the deploy step to the (fake) cluster --------
+
+
+class TrafficAtSmoke(RecordingSmoke):
+    """Records, at each smoke request, the traffic split and the live predictor spec of the fake cluster."""
+
+    def __init__(self, cluster: FakeCluster):
+        super().__init__()
+        self.cluster, self.traffic, self.predictors = cluster, [], []
+
+    def __call__(self, target: SmokeTarget) -> None:
+        self.traffic.append(serving_traffic(self.cluster))
+        self.predictors.append(copy.deepcopy(self.cluster.objects[NAME]["spec"]["predictor"]))
+        super().__call__(target)
+
+
+@pytest.fixture
+def blob_registry(registry: Registry) -> Registry:
+    registry.store.uri = "https://acct.blob.core.windows.net/models"  # the container the cluster reads
+    return registry
+
+
+def deploy_step(cluster: FakeCluster, registry: Registry, version: int, target: KServeTarget, champion: int | None,
+                smoke: RecordingSmoke | None = None) -> dict[str, Any]:
+    """The deploy step's kserve path exactly as the component calls it, against the fake API."""
+    return deploy_kserve(registry, version, f"run-{version}", champion, target, api=cluster, smoke=smoke or RecordingSmoke(),
+                         policy=POLICY, clock=FakeClock())
+
+
+def rendered_predictor(tmp_path: Path, canary_percent: int) -> dict[str, Any]:
+    """What `python -m pipelines render` writes for the same pipeline parameters."""
+    from pipelines.cli import main
+
+    main(["render", "--output-dir", str(tmp_path), "--version", "2", "--param", "store_uri=https://acct.blob.core.windows.net/models",
+          "--param", f"model_name={NAME}", "--param", f"kserve_namespace={NS}", "--param", f"canary_percent={canary_percent}"])
+    return yaml.safe_load((tmp_path / "inferenceservice.yaml").read_text())["spec"]["predictor"]
+
+
+def shape_of(predictor: dict[str, Any]) -> dict[str, Any]:
+    """A predictor spec without what is per run (rollout id, spec hash) or per registry read (the digest pin)."""
+    shaped = {k: v for k, v in predictor.items() if k != "annotations"}
+    (container,) = shaped["containers"]
+    args = list(container["args"])
+    args[args.index("--model-uri") + 1] = args[args.index("--model-uri") + 1].partition("#")[0]
+    return {**shaped, "containers": [{**container, "args": args}]}
+
+
+@pytest.mark.parametrize("percent", [10, 50])
+def test_canary_percent_sets_the_canary_share_then_promotes_and_matches_what_render_shows(
+        blob_registry: Registry, tmp_path: Path, percent: int) -> None:
+    cluster, target = FakeCluster(), KServeTarget(NS, canary_percent=percent)
+    deploy_step(cluster, blob_registry, 1, target, champion=None)
+    cluster.calls.clear()
+    smoke = TrafficAtSmoke(cluster)
+
+    record = deploy_step(cluster, blob_registry, 2, target, champion=1, smoke=smoke)
+
+    patches = [c[1]["spec"]["predictor"]["canaryTrafficPercent"] for c in cluster.writes()]
+    assert patches == [percent, 100]  # the canary at the parameter's share, then the promotion
+    assert smoke.traffic == [{f"{NAME}-predictor-00001": 100 - percent, f"{NAME}-predictor-00002": percent}]
+    assert smoke.targets[0].url == f"http://latest-{NAME}-predictor.{NS}.example.com"  # the canary's own URL
+    assert serving_traffic(cluster) == {f"{NAME}-predictor-00002": 100}
+    assert shape_of(smoke.predictors[0]) == shape_of(rendered_predictor(tmp_path, percent))  # one source of settings
+    assert record["version"] == 2 and blob_registry.production().version == 2
+
+
+def test_canary_percent_0_replaces_the_revision_straight_without_a_canary(blob_registry: Registry, tmp_path: Path) -> None:
+    cluster, target = FakeCluster(), KServeTarget(NS, canary_percent=0)
+    deploy_step(cluster, blob_registry, 1, target, champion=None)
+    cluster.calls.clear()
+    smoke = TrafficAtSmoke(cluster)
+
+    deploy_step(cluster, blob_registry, 2, target, champion=1, smoke=smoke)
+
+    (patch,) = [c[1] for c in cluster.writes()]  # one patch, no promotion step
+    assert patch["spec"]["predictor"].get("canaryTrafficPercent") is None
+    assert smoke.traffic == [{f"{NAME}-predictor-00002": 100}]  # all traffic moved once the new revision was ready
+    assert smoke.targets[0].url == f"http://{NAME}-predictor.{NS}.svc.cluster.local"
+    assert "canaryTrafficPercent" not in rendered_predictor(tmp_path, 0)
+    assert shape_of(smoke.predictors[0]) == shape_of(rendered_predictor(tmp_path, 0))
+    assert blob_registry.production().version == 2
+
+
+def test_a_canary_after_a_straight_replace_starts_from_the_serving_revision(blob_registry: Registry) -> None:
+    cluster = FakeCluster()
+    deploy_step(cluster, blob_registry, 1, KServeTarget(NS, canary_percent=0), champion=None)
+    cluster.calls.clear()
+    smoke = TrafficAtSmoke(cluster)
+
+    deploy_step(cluster, blob_registry, 2, KServeTarget(NS, canary_percent=50), champion=1, smoke=smoke)
+
+    assert smoke.traffic == [{f"{NAME}-predictor-00001": 50, f"{NAME}-predictor-00002": 50}]
+
+
+def test_the_step_refuses_before_the_cluster_when_production_moved_since_the_gate(blob_registry: Registry) -> None:
+    cluster = FakeCluster()
+    blob_registry.promote(1, actor="kfp-run:other")
+
+    with pytest.raises(ConflictError, match="moved from version none"):
+        deploy_step(cluster, blob_registry, 2, KServeTarget(NS), champion=None)
+
+    assert cluster.calls == []
+
+
+def test_the_promotion_swaps_on_the_pointer_the_caller_judged_against_not_a_later_read(registry: Registry) -> None:
+    cluster = FakeCluster()
+    judged = registry.production()  # empty, when the gate judged the candidate
+    registry.promote(2, actor="kfp-run:other")  # another run wins before this rollout even starts
+
+    with pytest.raises(DeployError, match="version 1 is live on models/mnist, but it was not promoted: .*lost a race"):
+        deploy_to_kserve(cluster, settings(1), registry, 1, "run-1", RecordingSmoke(), POLICY, FakeClock(), expected=judged)
+
+    assert registry.production().version == 2
+
+
+def test_a_manifest_changed_during_the_rollout_is_not_promoted(registry: Registry) -> None:
+    cluster = FakeCluster()
+
+    def rewrite_manifest(target: SmokeTarget) -> None:
+        path = registry.store.root / registry.version_prefix(1) / "MANIFEST.json"
+        path.write_text(path.read_text() + "\n")  # the same files listed, other bytes than the pods were pinned to
+
+    with pytest.raises(DeployError, match="not promoted: MANIFEST.json of mnist version 1 has SHA-256 .* expected"):
+        deploy(cluster, registry, 1, smoke=rewrite_manifest)
+
+    assert registry.production().version is None
 
 
 # -- pieces -----------------------------------------------------------------------------------------

@@ -170,8 +170,9 @@ class RolloutPolicy:
     promote_timeout_s: float = 300.0
     rollback_timeout_s: float = 300.0
     poll_interval_s: float = 5.0
-    canary_percent: int = 10  # 0 disables the canary (Knative then shifts all traffic at once)
     conflict_retries: int = 3
+    # The canary share is not here: it is InferenceServiceSettings.canary_traffic_percent, the one value that
+    # render and deploy both build the InferenceService from.
 
 
 @dataclass(frozen=True)
@@ -273,12 +274,16 @@ def deploy_to_kserve(
     smoke: Smoke,
     policy: RolloutPolicy = RolloutPolicy(),
     clock: Clock = SYSTEM_CLOCK,
+    expected: Pointer | None = None,
 ) -> DeploymentRecord:
-    """Roll ``version`` out to the InferenceService ``settings`` describe; promote it or roll back (see module doc)."""
+    """Roll ``version`` out to the InferenceService ``settings`` describe; promote it or roll back (see module doc).
+
+    ``expected``: the production pointer the promotion must still find (the caller's compare-and-swap base,
+    e.g. the champion the gate judged against); default: the pointer as read here."""
     if api.namespace != settings.namespace:
         raise DeployError(f"expected the Kubernetes client for namespace {settings.namespace!r}, got one for {api.namespace!r}")
     settings = pinned_settings(settings, registry, version, run_id)  # refuses an incomplete version before touching the cluster
-    pointer = registry.production()
+    pointer = expected if expected is not None else registry.production()
     with cancel_on_sigterm():
         rollout = start_rollout(api, settings, policy)
         try:
@@ -314,6 +319,7 @@ def deploy_registry_version(
     smoke: Smoke | None = None,
     policy: RolloutPolicy = RolloutPolicy(),
     clock: Clock = SYSTEM_CLOCK,
+    expected: Pointer | None = None,
     **settings_fields: Any,
 ) -> DeploymentRecord:
     """The deploy step's one call: serve ``version`` of the registry's model, which the predictor downloads
@@ -327,7 +333,7 @@ def deploy_registry_version(
         model_uri=registry.version_uri(version), **settings_fields,
     )
     api = api if api is not None else KubernetesInferenceServiceApi.from_environment(namespace)
-    return deploy_to_kserve(api, settings, registry, version, run_id, smoke or http_smoke, policy, clock)
+    return deploy_to_kserve(api, settings, registry, version, run_id, smoke or http_smoke, policy, clock, expected)
 
 
 def start_rollout(api: InferenceServiceApi, settings: InferenceServiceSettings, policy: RolloutPolicy) -> Rollout:
@@ -335,7 +341,7 @@ def start_rollout(api: InferenceServiceApi, settings: InferenceServiceSettings, 
     for attempt in range(policy.conflict_retries + 1):
         current = get_or_none(api, settings.name)
         try:
-            return create_service(api, settings) if current is None else update_service(api, current, settings, policy)
+            return create_service(api, settings) if current is None else update_service(api, current, settings)
         except ApiError as err:
             if err.status != 409:
                 raise DeployError(f"could not {'create' if current is None else 'update'} InferenceService "
@@ -363,13 +369,14 @@ def create_service(api: InferenceServiceApi, settings: InferenceServiceSettings)
     return Rollout(settings.name, settings.mode, desired, None, False, None, None, True)
 
 
-def update_service(api: InferenceServiceApi, current: dict[str, Any], settings: InferenceServiceSettings,
-                   policy: RolloutPolicy) -> Rollout:
+def update_service(api: InferenceServiceApi, current: dict[str, Any], settings: InferenceServiceSettings) -> Rollout:
+    """Patch the live service to ``settings``: a canary at ``settings.canary_traffic_percent`` when it has one and
+    a revision already serves; otherwise a straight replace (Knative shifts all traffic once the new one is ready)."""
     mode_name = live_mode_name(current, settings, api.namespace)
     status = predictor_status(current)
     serving = status.get("latestRolledoutRevision") or status.get("latestReadyRevision")
-    canary = settings.mode is DeploymentMode.KNATIVE and policy.canary_percent > 0 and serving is not None
-    desired = build_inference_service(replace(settings, canary_traffic_percent=policy.canary_percent if canary else None))
+    canary = settings.canary_traffic_percent is not None and serving is not None  # settings allow one in Knative only
+    desired = build_inference_service(settings if canary else replace(settings, canary_traffic_percent=None))
     desired["metadata"]["annotations"][DEPLOYMENT_MODE_ANNOTATION] = mode_name
     changed = not already_serving(current, desired)
     rollout = Rollout(settings.name, settings.mode, desired, current, canary and changed,
@@ -377,7 +384,7 @@ def update_service(api: InferenceServiceApi, current: dict[str, Any], settings: 
     if changed:
         api.patch(settings.name, service_patch(current, desired))
         log.info("patched %s/%s (%s)", api.namespace, settings.name,
-                 f"canary at {policy.canary_percent}%" if rollout.canary else "rolling update")
+                 f"canary at {settings.canary_traffic_percent}%" if rollout.canary else "straight replace, no canary")
     else:
         log.info("%s/%s already runs this spec: nothing to patch", api.namespace, settings.name)
     return rollout
@@ -687,19 +694,20 @@ def describe_events(api: InferenceServiceApi, name: str) -> list[str]:
 
 def record_deployment(registry: Registry, settings: InferenceServiceSettings, version: int, run_id: str,
                       pointer: Pointer, live: dict[str, Any], target: SmokeTarget) -> DeploymentRecord:
-    """Move the production pointer (compare-and-swap on the pointer read before the rollout)."""
+    """Move the production pointer: compare-and-swap on ``pointer`` (the base read before the rollout), and only
+    while the version's manifest is still the one the predictor was pinned to."""
     record = DeploymentRecord(
         service=f"{settings.namespace}/{settings.name}", url=service_url(live) or target.url, revision=target.revision,
         version=version, previous_version=pointer.version, run_id=run_id, mode=settings.mode.value,
     )
     try:
-        registry.promote(version, actor=f"kfp-run:{run_id}", expected=pointer,
+        registry.promote(version, actor=f"kfp-run:{run_id}", expected=pointer, manifest_sha256=settings.manifest_sha256,
                          reason=f"deployed to kserve {record.service} revision {record.revision} at {record.url}")
     except ConflictError as err:
-        # Another run moved the pointer while this one rolled out; rolling back now could undo its deploy.
-        raise DeployError(f"version {version} is live on {record.service}, but the production pointer moved during "
-                          f"the rollout ({err}); it now says version {registry.production().version}. "
-                          f"Re-run the deploy for the version that should serve.") from None
+        # Another run moved the pointer, or the manifest changed, while this one rolled out; rolling back now
+        # could undo another run's deploy, so the step fails and says what to do.
+        raise DeployError(f"version {version} is live on {record.service}, but it was not promoted: {err}; production "
+                          f"is version {registry.production().version}. Re-run the deploy for the version that should serve.") from None
     log.info("production pointer: version %s -> %s", pointer.version, version)
     return record
 

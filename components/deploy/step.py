@@ -77,16 +77,20 @@ def deploy(target: str, store: Store, dataset_prefix: str, model_name: str, vers
 
 
 def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int | None,
-                  target: KServeTarget | None) -> dict[str, Any]:
-    """Create or update the InferenceService on the cluster (canary in Knative mode) and promote."""
+                  target: KServeTarget | None, **cluster: Any) -> dict[str, Any]:
+    """Create or update the InferenceService on the cluster (canary in Knative mode) and promote.
+
+    ``cluster``: ``api``, ``smoke``, ``policy``, ``clock`` of :func:`~components.deploy.kserve.deploy_registry_version`
+    (default: the cluster this runs in); tests pass a fake API there."""
     from components.deploy.kserve import deploy_registry_version
 
     if target is None or not target.namespace:
         raise ValueError("expected a Kubernetes namespace for deploy target kserve, got none")
-    # Refuse before touching the cluster; the rollout's own compare-and-swap then guards the rest.
-    registry.expect_production(champion)
-    record = deploy_registry_version(registry, version, run_id, target.namespace, registry.name, rollout_id=run_id,
-                                     **target.settings_fields())
+    # Refused before touching the cluster; the promotion then swaps on this very pointer, so a champion that
+    # moved at any time after the gate is never overwritten. The predictor and the promotion pin the digest.
+    before = registry.expect_production(champion)
+    record = deploy_registry_version(registry, version, run_id, target.namespace, registry.name, expected=before,
+                                     **cluster, **target.settings_fields())
     return {"target": "kserve", **record.to_dict()}
 
 
