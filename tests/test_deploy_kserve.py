@@ -27,21 +27,12 @@ from components.deploy.inferenceservice import (
     DeploymentMode,
     InferenceServiceSettings,
 )
-from components.deploy.kserve import (
-    ApiError,
-    DeploymentRecord,
-    KubernetesInferenceServiceApi,
-    RolloutPolicy,
-    SmokeTarget,
-    SmokeTestError,
-    StepCancelled,
-    deploy_registry_version,
-    deploy_to_kserve,
-    merge_diff,
-    recent_events,
-)
+from components.deploy.kserve import DeploymentRecord, StepCancelled, deploy_registry_version, deploy_to_kserve
+from components.deploy.kserve_api import KubernetesInferenceServiceApi, recent_events
+from components.deploy.rollout import RolloutPolicy, SmokeTarget, SmokeTestError, merge_diff
 from components.deploy.step import KServeTarget, deploy_kserve
 from components.errors import ConflictError, DeployError
+from components.kube import ApiError
 from components.registry import Registry, pinned_uri
 from components.store import LocalStore
 

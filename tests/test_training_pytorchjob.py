@@ -23,8 +23,8 @@ import yaml
 
 from components.cluster import GpuProfile, project_image
 from components.errors import TrainingError
+from components.kube import JobExistsError, JobStatus, PodInfo, iter_lines, job_status, pod_info
 from components.training.config import TrainConfig, from_argv
-from components.training.kube import JobExistsError, JobStatus, PodInfo, iter_lines, job_status, pod_info
 from components.training.pytorchjob import MAX_NAME, PyTorchJobSettings, build_pytorchjob, job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_pytorchjob, run_pytorchjob
 from components.training.render import render_pytorchjob

@@ -4,7 +4,7 @@ A Kubeflow Trainer with JobSet and GPU nodes is the one boundary these tests can
 :class:`FakeApi` stands in for the API server: a real HTTP server on loopback that speaks the routes the
 launcher uses (create/get/delete ``trainer.kubeflow.org/v1alpha1`` trainjobs, list pods by label selector,
 follow a pod's log) and plays back one scripted (TrainJob conditions, pods) snapshot per status poll. The
-launcher talks to it through the real :class:`~components.training.kube.KubernetesJobClient` and the official
+launcher talks to it through the real :class:`~components.kube.KubernetesJobClient` and the official
 ``kubernetes`` client, so requests, serialization and error translation (409) are the real code too.
 """
 
@@ -27,8 +27,8 @@ import pytest
 from kubernetes import client as k8s
 
 from components.errors import TrainingError
+from components.kube import TRAINJOB, KubernetesJobClient
 from components.training.config import TrainConfig
-from components.training.kube import TRAINJOB, KubernetesJobClient
 from components.training.pytorchjob import job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_job
 from components.training.trainjob import TrainJobSettings, build_network_policy, build_trainjob
@@ -328,7 +328,7 @@ def test_a_log_stream_that_breaks_is_reported_and_the_watch_goes_on() -> None:
 
 
 def test_a_trainjob_s_conditions_map_to_the_launcher_s_phases() -> None:
-    from components.training.kube import JobStatus, job_status
+    from components.kube import JobStatus, job_status
 
     complete = {"status": {"conditions": [condition("Complete", "done"), condition("Created")]}}  # a map, not a history
     assert job_status(complete, TRAINJOB) == JobStatus("Succeeded", "done")

@@ -27,8 +27,8 @@ from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from components.errors import TrainingError
+from components.kube import TERMINAL, JobClient, JobExistsError, JobStatus, KubernetesJobClient, PodInfo, current_namespace
 from components.training.config import TrainConfig
-from components.training.kube import TERMINAL, JobClient, JobExistsError, JobStatus, KubernetesJobClient, PodInfo, current_namespace
 from components.training.pytorchjob import PyTorchJobSettings, build_pytorchjob
 
 TAIL_LINES = 30

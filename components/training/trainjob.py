@@ -40,8 +40,8 @@ from components.cluster import (
     scratch_mounts,
     scratch_volumes,
 )
+from components.kube import JOBSET_NAME_LABEL, REPLICATED_JOB_LABEL
 from components.training.config import TrainConfig, to_argv
-from components.training.kube import JOBSET_NAME_LABEL, REPLICATED_JOB_LABEL
 from components.training.pytorchjob import DEFAULT_SERVICE_ACCOUNT, job_name, label_value, whole_cpus
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"

@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import TextIO
 
 from components.errors import TrainingError
+from components.kube import TRAINJOB, JobClient, KubernetesJobClient, current_namespace
 from components.training.config import TrainConfig
-from components.training.kube import TRAINJOB, JobClient, KubernetesJobClient, current_namespace
 from components.training.pytorchjob_launcher import launch_job, require_cluster_store
 from components.training.trainjob import MAX_RESTARTS, TrainJobSettings, build_network_policy, build_trainjob
 

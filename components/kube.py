@@ -1,6 +1,11 @@
-"""The little of the Kubernetes API the cluster launchers (PyTorchJob, TrainJob) need, behind a small interface.
+"""The project's one Kubernetes layer: client, error translation, clock — and the job adapter of the training launchers.
 
-:class:`JobClient` is what the launchers' state machine talks to; :class:`KubernetesJobClient` is the
+Every cluster caller (the PyTorchJob and TrainJob launchers, the deploy step's InferenceService adapter in
+:mod:`components.deploy.kserve_api`) gets its ``ApiClient`` from :func:`load_api_client` (in-cluster config,
+else the kubeconfig; tests pass one pointed at a fake API server), reads the API server's message with
+:func:`api_message`, and waits on a :class:`Clock` that tests replace.
+
+Jobs: :class:`JobClient` is what the launchers' state machine talks to; :class:`KubernetesJobClient` is the
 thin adapter over the official client's ``CustomObjectsApi`` and ``CoreV1Api``, told by a :class:`JobKind`
 which resource it manages and how that kind's pods are labelled. The conversions from API objects
 (:func:`job_status`, :func:`pod_info`, :func:`iter_lines`) are pure functions on plain dicts and bytes, so
@@ -10,7 +15,9 @@ they are tested without a cluster.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +36,71 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+# -- client, errors, clock: shared by every caller -----------------------------------------------------
+
+
+def load_api_client(api_client: Any = None) -> Any:
+    """``api_client`` when given (tests), else one for the cluster this runs in, else for the kubeconfig."""
+    from kubernetes import client, config  # imported lazily: only the cluster paths need it
+
+    if api_client is not None:
+        return api_client
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class ApiError(Exception):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (404 not found, 409 conflict, …)."""
+
+    def __init__(self, status: int, reason: str, message: str = ""):
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+@contextmanager
+def translated_api_errors() -> Iterator[None]:
+    """The official client's ``ApiException`` as :class:`ApiError`, with the API server's own message."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        raise ApiError(exc.status or 0, exc.reason or "", api_message(exc.body) or str(exc.reason or "")) from None
+
+
+def api_message(body: Any) -> str:
+    """The ``message`` of a Kubernetes Status body, or the body itself."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        return str(json.loads(text).get("message") or text)
+    except (ValueError, AttributeError):
+        return text
+
+
+class Clock(Protocol):
+    """Time as the waiting code sees it; tests pass one that advances without sleeping."""
+
+    def monotonic(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+# -- jobs: the training launchers' adapter ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -163,14 +235,9 @@ class KubernetesJobClient:
 
     def __init__(self, namespace: str, kind: JobKind = PYTORCHJOB, api_client: Any = None):
         """``api_client``: an explicit ``kubernetes.client.ApiClient`` (tests point one at a fake API server)."""
-        from kubernetes import client, config  # imported lazily: only the cluster launchers need it
+        from kubernetes import client  # imported lazily: only the cluster launchers need it
 
-        if api_client is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = client.ApiClient()
+        api_client = load_api_client(api_client)
         self.namespace, self.kind = namespace, kind
         self.custom, self.core, self.api = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client), api_client
         self.networking = client.NetworkingV1Api(api_client)
@@ -241,8 +308,5 @@ class KubernetesJobClient:
 
 
 def _api_message(error: Any) -> str:
-    """The API server's own message (a Status object's ``message``), else the raw body."""
-    try:
-        return json.loads(error.body).get("message") or str(error.body)
-    except (TypeError, ValueError, AttributeError):
-        return str(error.body or error.reason)
+    """The API server's own message (a Status object's ``message``), else the raw body or the reason."""
+    return api_message(error.body) or str(error.reason or "")
