@@ -15,13 +15,14 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.errors import ProjectError
 from components.training.local import PROGRESS_TTY_ENV
 from pipelines.data_cli import add_data_commands
-from pipelines.params import parse_params, signature_from_component_inputs
+from pipelines.params import ParamError, parse_params, signature_from_component_inputs
 from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
 
@@ -85,14 +86,15 @@ def check_model_name(overrides: dict[str, object]) -> str:
         raise ValueError(f"pipeline parameter 'model_name': {exc}") from None
 
 
-def kserve_target(params: dict[str, Any]) -> KServeTarget:
-    """The deploy step's KServe settings from pipeline parameters (the deploy step builds the same)."""
+def kserve_target(params: Mapping[str, Any]) -> KServeTarget:
+    """The deploy step's KServe settings from pipeline parameters (the deploy step builds the same), so that
+    run, render, submit and schedule refuse a bad deployment_mode or canary_percent before any work."""
     from components.deploy.step import KServeTarget
 
     try:
         return KServeTarget(params["kserve_namespace"], params["serving_gpus"], params["deployment_mode"], params["canary_percent"])
     except ValueError as exc:
-        raise ValueError(f"pipeline parameters deployment_mode/canary_percent: {exc}") from None
+        raise ParamError(f"pipeline parameters deployment_mode/canary_percent: {exc}") from None
 
 
 def run_argv(args: argparse.Namespace) -> list[str]:
@@ -168,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
     add_data_commands(sub)
     add_registry_commands(sub)
-    add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)))
+    add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)),
+                        check_params_fn=lambda params: kserve_target({**pipeline_defaults(), **params}))
     return parser
 
 

@@ -27,6 +27,7 @@ from pipelines.params import parse_params
 
 SignatureFn = Callable[[], Mapping[str, type]]
 CompileFn = Callable[[str], None]
+CheckFn = Callable[[Mapping[str, Any]], None]  # raises ProjectError for parameter values the pipeline would refuse
 Handler = Callable[[argparse.Namespace], int]
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ def add_remote_commands(
     pipeline_signature_fn: SignatureFn,
     compile_fn: CompileFn,
     repo_dir: Path = REPO_DIR,
+    check_params_fn: CheckFn = lambda params: None,
 ) -> None:
     """Add ``upload``, ``submit`` and ``schedule`` to the main parser's subparsers.
 
@@ -75,7 +77,8 @@ def add_remote_commands(
     commands = {"submit": (submit, _submit_command), "schedule": (schedule, _schedule_command)}
     for parser, command in commands.values():
         handler = functools.partial(
-            command, signature_fn=pipeline_signature_fn, compile_fn=compile_fn, repo_dir=repo_dir
+            command, signature_fn=pipeline_signature_fn, compile_fn=compile_fn, repo_dir=repo_dir,
+            check_fn=check_params_fn,
         )
         parser.set_defaults(func=_guarded(handler))
 
@@ -195,9 +198,10 @@ def _upload_command(args: argparse.Namespace, compile_fn: CompileFn, repo_dir: P
 
 
 def _submit_command(
-    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path
+    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn
 ) -> int:
     params = parse_params(args.param, signature_fn())
+    check_fn(params)  # before anything is uploaded: a value the deploy step refuses would waste a training run
     with tempfile.TemporaryDirectory(prefix="pipelines-submit-") as workdir:
         package = _package(args, compile_fn, Path(workdir))
         version_name = args.version_name or remote.git_version_name(repo_dir, package.sha256)
@@ -223,12 +227,13 @@ def _wait(client: remote.KfpClient, run_id: str, args: argparse.Namespace) -> in
 
 
 def _schedule_command(
-    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path
+    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn
 ) -> int:
     cron = normalize_cron(args.cron, convert_five_fields=args.convert_cron)
     if cron != " ".join(args.cron.split()):
         print(f"Converted the five-field cron {args.cron!r} to {cron!r} (KFP reads seconds first)")
     params = parse_params(args.param, signature_fn())
+    check_fn(params)
     with tempfile.TemporaryDirectory(prefix="pipelines-schedule-") as workdir:
         package = _package(args, compile_fn, Path(workdir))
         version_name = args.version_name or remote.git_version_name(repo_dir, package.sha256)

@@ -116,6 +116,25 @@ def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_p
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_submit_and_schedule_refuse_a_bad_deployment_mode_before_compiling_or_connecting(command, capsys, monkeypatch):
+    from pipelines import remote_cli
+    from pipelines.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("compiled or connected despite a bad parameter")
+
+    monkeypatch.setattr(remote_cli, "_package", never)
+    monkeypatch.setattr(remote_cli, "_connect", never)
+    extra = ["--name", "nightly", "--cron", "0 0 2 * * *"] if command == "schedule" else []
+    with pytest.raises(SystemExit) as failure:
+        main([command, "--namespace", "ns", "--host", "http://127.0.0.1:9", "--experiment", "dev", *extra,
+              "--param", "deployment_mode=Serverles"])
+    assert failure.value.code == 1
+    assert "expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', 'Serverless'), " \
+           "got 'Serverles'" in capsys.readouterr().err
+
+
 def test_the_package_defaults_every_training_knob_to_the_training_configs_value(package):
     from components.training.params import PIPELINE_KNOBS, TRAIN_DEFAULTS
 
