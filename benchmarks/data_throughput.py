@@ -17,7 +17,7 @@ Rows, each measured in its own child process (this script's ``child`` mode), so 
    local store; images/s over the whole call, against one torchvision pass over the raw folder
    (``ImageFolder`` with the eval transform, ``DataLoader(batch_size=256, num_workers=2)``, from
    constructing the data set to the last batch); and the peak RSS of the preparing process and of its
-   largest decode process (``ru_maxrss`` of the reaped children), N vs 10·N.
+   largest decode process (its ``VmHWM``, sampled while it runs), N vs 10·N.
 2. ``training input``: :func:`components.training.input.train_batches` over one epoch of the prepared
    training split (batch 64, ``loader_workers=2``, augmentation ``auto``), against torchvision over the
    raw folder with the same augmentation (``num_workers=2``, batch 64, shuffled). Both are steady state:
@@ -52,6 +52,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,12 +232,33 @@ def child_prepare(raw: str, out: str, image_size: int) -> dict:
     from components.store import open_store
 
     started, cpu = time.perf_counter(), cpu_seconds()
-    info = prepare(open_store(raw), open_store(out), PrepareConfig(image_size=image_size))
+    with ChildrenPeak() as decoders:
+        info = prepare(open_store(raw), open_store(out), PrepareConfig(image_size=image_size))
     seconds = time.perf_counter() - started
     extra = {"prefix": info.prefix, "shape": info.image_shape, "cpu_s": cpu_seconds() - cpu}
-    # The decode processes have exited and been waited for: the largest one's peak RSS (ru_maxrss, KiB).
-    decoders = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"images": sum(info.counts.values()), "seconds": seconds, "extra": extra, "children_rss_mib": decoders}
+    return {"images": sum(info.counts.values()), "seconds": seconds, "extra": extra, "children_rss_mib": decoders.peak}
+
+
+class ChildrenPeak:
+    """The largest peak RSS of this process's live children (the decode processes), sampled every 0.2 s while
+    the block runs. Not ``ru_maxrss`` of the reaped children: Linux charges a spawned child with its
+    parent's RSS at the moment of the fork, before the exec, so that would report the parent's size."""
+
+    def __init__(self) -> None:
+        self.peak, self._done = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ChildrenPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self.peak = max(self.peak, children_peak_rss_mib())
 
 
 def torchvision_transform(kind_name: str, train: bool):

@@ -277,17 +277,19 @@ class BlobStore(Store):
     def list(self, prefix: str = "") -> list[str]:
         return list(self.list_info(prefix))
 
-    def list_info(self, prefix: str = "") -> dict[str, ObjectInfo]:
+    def iter_info(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         base = join_key(self.location.prefix, validate_key(prefix) if prefix else "")
         with self._translate("list", prefix or "/"):
-            found = {self._key(b.name): ObjectInfo(int(b.size), str(b.etag))
-                     for b in self._container.list_blobs(name_starts_with=f"{base}/" if base else None)}
+            found = False
+            # The service lists blobs sorted by name (UTF-8 byte order, which is str order), page by page.
+            for blob in self._container.list_blobs(name_starts_with=f"{base}/" if base else None):
+                found = True
+                yield self._key(blob.name), ObjectInfo(int(blob.size), str(blob.etag))
             if not found and prefix:
                 # The prefix may name one object, as LocalStore.list_info does for a file.
                 props = self._properties(prefix)
                 if props is not None:
-                    found = {prefix: ObjectInfo(int(props.size), str(props.etag))}
-        return dict(sorted(found.items()))
+                    yield prefix, ObjectInfo(int(props.size), str(props.etag))
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -83,9 +83,13 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (recursively), sorted."""
 
-    @abstractmethod
     def list_info(self, prefix: str = "") -> dict[str, ObjectInfo]:
         """Keys under ``prefix`` (recursively, sorted) with their sizes and versions, from one listing."""
+        return dict(self.iter_info(prefix))
+
+    @abstractmethod
+    def iter_info(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
+        """:meth:`list_info` as it is listed, in sorted key order: for listings too big to hold as a dict."""
 
     def local_path(self, key: str) -> Path | None:
         """The object's path when it is a file on this machine (readable in place), else ``None``."""
@@ -161,20 +165,12 @@ class LocalStore(Store):
     def list(self, prefix: str = "") -> list[str]:
         return list(self.list_info(prefix))
 
-    def list_info(self, prefix: str = "") -> dict[str, ObjectInfo]:
+    def iter_info(self, prefix: str = "") -> Iterator[tuple[str, ObjectInfo]]:
         base = self._path(prefix) if prefix else self.root
         if base.is_file():
-            return {join_key(prefix): _file_info(base)}
-        if not base.is_dir():
-            return {}
-        found = {}
-        # os.walk with stat from the directory entries: one system call per file, not three.
-        for folder, _, names in os.walk(base):
-            for name in names:
-                path = Path(folder, name)
-                if not name.startswith(LOCAL_PRIVATE_PREFIXES) and path.is_file():
-                    found[path.relative_to(self.root).as_posix()] = _file_info(path)
-        return dict(sorted(found.items()))
+            yield join_key(prefix), _file_info(base)
+        elif base.is_dir():
+            yield from _walk(str(base), f"{join_key(prefix)}/" if prefix else "")
 
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
@@ -239,8 +235,24 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
 
 
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+    """``(key, info)`` of every file below ``folder`` (whose keys start with ``prefix``), in the order the keys
+    sort as strings: a folder sorts as its name + "/", so "a-b" (0x2d) comes before the keys under "a/"
+    (0x2f). Symbolic links to folders are not followed. Strings, not Paths: a million files list in seconds."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path, f"{prefix}{entry.name}/")
+        elif not entry.name.startswith(LOCAL_PRIVATE_PREFIXES) and entry.is_file():
+            yield prefix + entry.name, _stat_info(entry.stat())
+
+
 def _file_info(path: Path) -> ObjectInfo:
-    stat = path.stat()
+    return _stat_info(path.stat())
+
+
+def _stat_info(stat: os.stat_result) -> ObjectInfo:
     return ObjectInfo(stat.st_size, f"{stat.st_mtime_ns}-{stat.st_ino}")
 
 

@@ -96,6 +96,26 @@ def test_list_is_recursive_sorted_and_bounded_by_path_segments(store_uri: str) -
     assert "c.txt" not in store.list()
 
 
+def test_the_streamed_listing_comes_in_string_order_even_where_folders_and_names_interleave(store_uri: str) -> None:
+    """Preparation streams iter_info into compact arrays without sorting it: the order is the contract."""
+    store = open_store(store_uri)
+    keys = ["a/x.png", "a-b/y.png", "a b/z.png", "ab/w.png", "a.png", "blåbær/1.png", "a/b/deep.png", "Z/upper.png"]
+    for key in keys:
+        store.write_bytes(key, b"x")
+    listed = [key for key, _ in store.iter_info()]
+    assert listed == sorted(keys)  # "a b/…" < "a-b/…" < "a.png" < "a/…" < "ab/…": as strings, not as folders
+    assert listed == list(store.list_info())
+
+
+def test_compact_keys_give_back_every_key() -> None:
+    from components.data.sources import Keys
+
+    keys = Keys()
+    for key in ["a/1.png", "blåbær/2.jpg", "", "x" * 300]:
+        keys.append(key)
+    assert list(keys) == ["a/1.png", "blåbær/2.jpg", "", "x" * 300] and len(keys) == 4 and keys[-1] == "x" * 300
+
+
 def test_store_opened_on_a_prefix_sees_only_its_own_keys(store_uri: str, tmp_path: Path) -> None:
     parent = open_store(store_uri)
     child = open_store(store_uri.rstrip("/") + "/runs/7")

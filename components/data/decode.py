@@ -66,7 +66,7 @@ def decode(payload: Payload | UnreadableFile, geometry: Geometry) -> Example | U
         pixels = fit_image(Image.fromarray(raw, mode="L"), 1, geometry.height, geometry.width) if geometry.resized else raw[None]
         return Example(payload.index, payload.label, pixels, raw.shape[1], raw.shape[0])
     try:
-        data = payload.data if payload.data is not None else payload.path.read_bytes()
+        data = payload.data if payload.data is not None else _read_file(payload.path)
         pixels, header = decode_fit(data, geometry.channels, geometry.height, geometry.width)
     except ImageDecodeError as exc:
         return UnreadableFile(payload.key, str(exc))
@@ -134,6 +134,11 @@ class Decoder:
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

@@ -138,7 +138,7 @@ def prepare(data: Store, store: Store, config: PrepareConfig) -> DatasetInfo:
 
 def dataset_prefix(source: RawSource, config: PrepareConfig) -> str:
     """``prepared/<digest>``: the digest of the raw listing and of the settings."""
-    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, source.source_format, source.fingerprint_items,
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, source.source_format, source.fingerprint,
                                         config.digest_fields()]).encode())
     return join_key("prepared", digest.hexdigest()[:16])
 

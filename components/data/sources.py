@@ -17,8 +17,12 @@ raises :class:`UnreadableFile`, which preparation fails on or skips, as its poli
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tempfile
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from components.data import idx
 from components.errors import DataError
 from components.imagefile import SUFFIXES, Header, ImageDecodeError, read_header
 from components.presets import channels_of_mode
-from components.store import ObjectInfo, Store
+from components.store import LocalStore, ObjectInfo, Store
 
 IDX_IMAGES = re.compile(r"^(?P<prefix>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
 MNIST_CLASSES = [str(d) for d in range(10)]
@@ -55,7 +59,7 @@ class Payload:
     label: int
     key: str  # where it came from, for messages
     data: bytes | np.ndarray | None  # the encoded image file, an IDX image's uint8 [H, W] pixels, or None:
-    path: Path | None = None  # a local file, read by whoever decodes it
+    path: str | None = None  # a local file, read by whoever decodes it
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,9 @@ class RawSource:
     source_format: str
     class_names: list[str]
     labels: np.ndarray  # int64 [N]
-    keys: list[str]  # the file of each example (IDX: the images file, the same for many)
-    fingerprint_items: list[tuple[str, int, str]]  # (key, size, version) of every file read
-    sizes: list[int] = field(default_factory=list)  # ImageFolder: each file's size in bytes, from the listing
+    fingerprint: str  # SHA-256 of (key, size, version) of every file read, in key order
+    keys: Keys = field(default_factory=lambda: Keys())  # ImageFolder: the file of each example
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ImageFolder: each file's listed size
     _idx: list[_IdxFile] = field(default_factory=list)
     _scratch: tempfile.TemporaryDirectory | None = None
 
@@ -140,16 +144,17 @@ class RawSource:
             return Payload(index, label, self.name(index), np.array(file.images[index - file.start]))
         key = self.keys[index]
         try:
-            check_file_size(key, self.sizes[index])
+            check_file_size(key, int(self.sizes[index]))
         except UnreadableFile as exc:
             return exc
-        path = self.store.local_path(key)
-        return Payload(index, label, key, None, path) if path is not None else Payload(index, label, key, self.store.read_bytes(key))
+        if self.in_place:  # the decoder reads the file: the path is all that crosses to its process
+            return Payload(index, label, key, None, f"{self.store.root}/{key}")
+        return Payload(index, label, key, self.store.read_bytes(key))
 
     @property
     def in_place(self) -> bool:
         """Whether the image files are on this machine: read by whoever decodes them, not fetched on threads."""
-        return self.source_format == "imagefolder" and bool(self.keys) and self.store.local_path(self.keys[0]) is not None
+        return self.source_format == "imagefolder" and isinstance(self.store, LocalStore)
 
     def _idx_file(self, index: int) -> _IdxFile:
         return next(f for f in self._idx if f.start <= index < f.start + len(f.labels))
@@ -158,7 +163,7 @@ class RawSource:
         """The header of one file, or ``None`` when it is unreadable (the main pass reports it)."""
         key = self.keys[index]
         try:
-            check_file_size(key, self.sizes[index])
+            check_file_size(key, int(self.sizes[index]))
             image, header = read_header(self.store.read_bytes(key))
         except (UnreadableFile, ImageDecodeError):
             return None
@@ -177,20 +182,73 @@ class _IdxFile:
         return self.images.shape
 
 
+class Keys(Sequence[str]):
+    """Many keys in little memory: their UTF-8 bytes end to end and where each ends (about 30 bytes a key,
+    where a list of str costs over 100 and the listing's dict several hundred: a million files in 30 MB)."""
+
+    def __init__(self) -> None:
+        self._data, self._ends = bytearray(), array("q")
+
+    def append(self, key: str) -> None:
+        self._data += key.encode()
+        self._ends.append(len(self._data))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        index = index + len(self) if index < 0 else index
+        if not 0 <= index < len(self):
+            raise IndexError(f"key {index} of {len(self)}")
+        start = self._ends[index - 1] if index > 0 else 0
+        return self._data[start : self._ends[index]].decode()
+
+
+@dataclass
+class _Listing:
+    """One pass over a store's listing, keeping only what a raw data set needs (the files are many)."""
+
+    images: Keys = field(default_factory=Keys)
+    sizes: array = field(default_factory=lambda: array("q"))
+    classes: array = field(default_factory=lambda: array("l"))  # per image: its folder's id in ``folders``
+    folders: dict[str, int] = field(default_factory=dict)
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # of the image files' (key, size, version)
+    idx: dict[str, ObjectInfo] = field(default_factory=dict)  # IDX image and label files (a few)
+    others: list[str] = field(default_factory=list)  # the first few other keys, for messages
+    loose: str | None = None  # an image outside any class folder
+
+    def add(self, key: str, info: ObjectInfo) -> None:
+        if key.lower().endswith(SUFFIXES):
+            if "/" not in key:
+                self.loose = self.loose or key
+                return
+            self.images.append(key)
+            self.sizes.append(info.size)
+            self.classes.append(self.folders.setdefault(key.split("/")[-2], len(self.folders)))
+            self.digest.update(json.dumps([key, info.size, info.version]).encode() + b"\n")
+        elif "-idx" in key.rsplit("/", 1)[-1]:
+            self.idx[key] = info
+        elif len(self.others) < 5:
+            self.others.append(key)
+
+
 def open_source(store: Store) -> RawSource:
-    """List ``store``, detect its layout and check it as a whole (nothing is decoded yet)."""
-    listing = store.list_info()
-    if not listing:
+    """List ``store``, detect its layout and check it as a whole (nothing is decoded yet).
+
+    The listing is streamed, in key order, into compact arrays: memory grows by about 50 bytes per file."""
+    listing = _Listing()
+    for key, info in store.iter_info():
+        listing.add(key, info)
+    if any(IDX_IMAGES.match(k.rsplit("/", 1)[-1]) for k in listing.idx):
+        return _open_mnist(store, listing.idx)
+    if listing.images or listing.loose:
+        return _open_image_folder(store, listing)
+    found = (list(listing.idx) + listing.others)[:5]
+    if not found:
         raise DataError(f"no files in {store.uri}: expected MNIST IDX files or an ImageFolder tree (<class>/<image>.png)")
-    if any(IDX_IMAGES.match(k.rsplit("/", 1)[-1]) for k in listing):
-        return _open_mnist(store, listing)
-    image_keys = {k: v for k, v in listing.items() if k.lower().endswith(SUFFIXES)}
-    if image_keys:
-        return _open_image_folder(store, image_keys)
-    keys = list(listing)
     raise DataError(
         f"{store.uri}: expected MNIST IDX files (train-images-idx3-ubyte[.gz] …) or an ImageFolder tree "
-        f"(<class>/<image>.png|jpg|webp), found {keys[:5]}{' …' if len(keys) > 5 else ''}"
+        f"(<class>/<image>.png|jpg|webp), found {found}{' …' if len(found) >= 5 else ''}"
     )
 
 
@@ -202,18 +260,19 @@ def check_file_size(key: str, size: int) -> None:
         raise UnreadableFile(key, f"expected an image file of at most {MAX_FILE_BYTES // 2**20} MiB, found {size / 2**20:.0f} MiB")
 
 
-def _open_image_folder(store: Store, listing: dict[str, ObjectInfo]) -> RawSource:
-    loose = next((k for k in listing if "/" not in k), None)
-    if loose is not None:
-        raise DataError(f"{loose}: expected images inside class folders (<class>/<image>.png), found one at the top level")
-    keys = sorted(listing)
-    class_names = sorted({k.split("/")[-2] for k in keys})
+def _open_image_folder(store: Store, listing: _Listing) -> RawSource:
+    if listing.loose is not None:
+        raise DataError(f"{listing.loose}: expected images inside class folders (<class>/<image>.png), found one at the top level")
+    class_names = sorted(listing.folders)
     if len(class_names) < 2:
         raise DataError(f"{store.uri}: expected at least 2 class folders (a classifier needs two classes), found {class_names}")
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = np.fromiter((index[k.split("/")[-2]] for k in keys), dtype=np.int64, count=len(keys))
-    fingerprint = [(k, listing[k].size, listing[k].version) for k in keys]
-    return RawSource(store, "imagefolder", class_names, labels, keys, fingerprint, [listing[k].size for k in keys])
+    # Folder ids in the order first listed -> labels in the order of the sorted class names.
+    relabel = np.zeros(len(class_names), dtype=np.int64)
+    for name, folder in listing.folders.items():
+        relabel[folder] = class_names.index(name)
+    labels = relabel[np.frombuffer(listing.classes, dtype=np.dtype(listing.classes.typecode))]
+    return RawSource(store, "imagefolder", class_names, labels, listing.digest.hexdigest(), listing.images,
+                     np.frombuffer(listing.sizes, dtype=np.int64))
 
 
 def _open_mnist(store: Store, listing: dict[str, ObjectInfo]) -> RawSource:
@@ -230,10 +289,9 @@ def _open_mnist(store: Store, listing: dict[str, ObjectInfo]) -> RawSource:
         scratch.cleanup()
         raise
     labels = np.concatenate([f.labels for f in files]).astype(np.int64)
-    keys = [f.images_key for f in files for _ in range(len(f.labels))]
     used = {k for f in files for k in (f.images_key, _label_key_of(f, listing))}
-    fingerprint = [(k, listing[k].size, listing[k].version) for k in sorted(used)]
-    return RawSource(store, "mnist-idx", list(MNIST_CLASSES), labels, keys, fingerprint, [], files, scratch)
+    fingerprint = hashlib.sha256(json.dumps([(k, listing[k].size, listing[k].version) for k in sorted(used)]).encode())
+    return RawSource(store, "mnist-idx", list(MNIST_CLASSES), labels, fingerprint.hexdigest(), _idx=files, _scratch=scratch)
 
 
 def _label_key_of(file: _IdxFile, listing: dict[str, ObjectInfo]) -> str:

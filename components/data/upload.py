@@ -131,5 +131,5 @@ class _Subset(LocalStore):
         super().__init__(root)
         self._files = files
 
-    def list_info(self, prefix: str = ""):
-        return {key: info for key, info in super().list_info(prefix).items() if key in self._files}
+    def iter_info(self, prefix: str = ""):
+        return ((key, info) for key, info in super().iter_info(prefix) if key in self._files)
