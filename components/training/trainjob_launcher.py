@@ -3,7 +3,7 @@ the KFP step.
 
 It keeps every guarantee of the PyTorchJob launcher, through the same watch
 (:func:`components.training.pytorchjob_launcher.launch_job`) and the same Kubernetes layer
-(:mod:`components.training.kube`, here with :data:`~components.training.kube.TRAINJOB`): the job name is
+(:mod:`components.kube`, here with :data:`~components.kube.TRAINJOB`): the job name is
 unique per pipeline run and a taken name (HTTP 409) is an error, never a reuse; every pod's log (``ps-0``,
 ``node-1``, …; a pod recreated by a restart is followed again) is streamed into the step's output; a failed
 job fails the step naming the pod that failed first, its exit code and its last lines; the timeout, a
