@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_model_name(overrides: dict[str, object]) -> str:
+def check_model_name(overrides: Mapping[str, object]) -> str:
     """The run's model name (given or the pipeline's default), if it is a valid registry name."""
     from components.registry import validate_model_name
 
@@ -83,7 +83,13 @@ def check_model_name(overrides: dict[str, object]) -> str:
     try:
         return validate_model_name(name)
     except ValueError as exc:
-        raise ValueError(f"pipeline parameter 'model_name': {exc}") from None
+        raise ParamError(f"pipeline parameter 'model_name': {exc}") from None
+
+
+def check_remote_params(params: Mapping[str, Any]) -> None:
+    """What ``run --local`` refuses before any step, refused before a cluster run is submitted or scheduled."""
+    check_model_name(params)
+    kserve_target({**pipeline_defaults(), **params})
 
 
 def kserve_target(params: Mapping[str, Any]) -> KServeTarget:
@@ -171,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_registry_commands(sub)
     add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)),
-                        check_params_fn=lambda params: kserve_target({**pipeline_defaults(), **params}))
+                        check_params_fn=check_remote_params)
     return parser
 
 

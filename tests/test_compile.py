@@ -117,7 +117,11 @@ def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_p
 
 
 @pytest.mark.parametrize("command", ["submit", "schedule"])
-def test_submit_and_schedule_refuse_a_bad_deployment_mode_before_compiling_or_connecting(command, capsys, monkeypatch):
+@pytest.mark.parametrize(("param", "message"), [
+    ("deployment_mode=Serverles", "expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', 'Serverless'), got 'Serverles'"),
+    ("model_name=Digits", "pipeline parameter 'model_name': expected a model name"),
+])
+def test_submit_and_schedule_refuse_bad_parameters_before_compiling_or_connecting(command, param, message, capsys, monkeypatch):
     from pipelines import remote_cli
     from pipelines.cli import main
 
@@ -129,10 +133,9 @@ def test_submit_and_schedule_refuse_a_bad_deployment_mode_before_compiling_or_co
     extra = ["--name", "nightly", "--cron", "0 0 2 * * *"] if command == "schedule" else []
     with pytest.raises(SystemExit) as failure:
         main([command, "--namespace", "ns", "--host", "http://127.0.0.1:9", "--experiment", "dev", *extra,
-              "--param", "deployment_mode=Serverles"])
+              "--param", param])
     assert failure.value.code == 1
-    assert "expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', 'Serverless'), " \
-           "got 'Serverles'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_the_package_defaults_every_training_knob_to_the_training_configs_value(package):
