@@ -1,6 +1,6 @@
-"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet]``.
+"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet] [--driver {wrk,aiohttp}] [--no-pin] [--server-repo PATH]``.
 
-Prints one table from one run:
+Prints one table per model from one run:
 
 - the limit: the raw in-process forward throughput (images/s) at batch 1 and at the maximum batch, with
   the same torch thread count the server uses;
@@ -9,11 +9,26 @@ Prints one table from one run:
   on a shared machine), and served/limit ratios.
 
 The server runs as a real process (``python -m serving``); the load comes over HTTP from a separate
-process (this script's ``drive`` mode: asyncio + aiohttp, closed loop, one connection per concurrent
-client, a warm-up second not counted). Rows: the small CNN (1x28x28; v1 pixel instances and v2 FP32
-tensors) always; ResNet-18 at 224x224 (v2 BYTES tensors carrying a PNG) when a CUDA device is present,
-or with ``--resnet``.
-On a machine shared with other work, numbers move from run to run: compare rows of one run.
+process, closed loop, one connection per concurrent client, a warm-up not counted: ``wrk`` (native, one
+thread; the default where it is installed, a Lua script written at run time POSTs the body and prints
+the result as one JSON line; it runs whole seconds, so --seconds and --warmup are rounded up) or this
+script's ``drive`` mode (``--driver aiohttp``: asyncio + aiohttp, itself Python, so at high concurrency
+it can be the bottleneck). Rows: the small CNN (1x28x28; v1 pixel instances and v2 FP32 tensors)
+always; ResNet-18 at 224x224 (v2 BYTES tensors carrying a PNG) when a CUDA device is present, or with
+``--resnet``. Errors are failed requests: non-2xx answers, connection errors and timeouts.
+
+With two or more CPUs the server runs on one core (``taskset``) and the load generator on another, so
+the two do not take turns on one core (``--no-pin`` turns it off); the in-process limit is measured on
+the server's core with the server's torch thread count. The header names the cores; the last line gives
+the machine's 1-minute load average at the start and the end: a run that started or ended above ~1 per
+core shared its cores with other work.
+
+Before/after: ``--server-repo PATH`` runs the server from another checkout of this repository (cwd and
+PYTHONPATH, the same interpreter), e.g. ``git worktree add /tmp/serve-before COMMIT``, then one command
+per version (``--server-repo /tmp/serve-before``, and without it). Both runs pass the server only the
+flags both versions accept (from the other checkout's ``--help``); the header lists any left out.
+On a machine shared with other work, numbers move from run to run: compare rows of one run, or runs
+whose load averages were alike; the server's CPU ms per request moves least.
 """
 
 from __future__ import annotations
@@ -23,12 +38,17 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +78,14 @@ class Request:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The cores the server and the load generator may run on (None: wherever the OS puts them)."""
+
+    server: tuple[int, ...] | None
+    load: tuple[int, ...] | None
+
+
 SMALL = Model("small_cnn 1x28x28", "small_cnn", 1, 28)
 RESNET = Model("resnet18 3x224x224", "resnet18", 3, 224)
 
@@ -80,8 +108,9 @@ def make_version(folder: Path, model: Model) -> Path:
     return folder
 
 
-def raw_throughput(folder: Path, batch_size: int, seconds: float, threads: int) -> float:
-    """Images/s of the forward pass the server runs (predict_proba), in this process, median pass time."""
+def raw_throughput(folder: Path, batch_size: int, seconds: float, threads: int, cores: tuple[int, ...] | None) -> float:
+    """Images/s of the forward pass the server runs (predict_proba), in this process on the server's cores,
+    median pass time."""
     import torch
 
     from components.modelfile import load_model
@@ -90,14 +119,56 @@ def raw_throughput(folder: Path, batch_size: int, seconds: float, threads: int) 
     torch.set_num_threads(threads)
     net, card = load_model(folder, "cuda" if torch.cuda.is_available() else "cpu")
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch_size, *card.input_shape)).astype(np.float32))
-    for _ in range(5):
-        predict_proba(net, pixels, card)
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        predict_proba(net, pixels, card)  # returns CPU tensors: includes the device round trip
-        times.append(time.perf_counter() - t)
+    with pinned(cores):
+        for _ in range(5):
+            predict_proba(net, pixels, card)
+        times, start = [], time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            predict_proba(net, pixels, card)  # returns CPU tensors: includes the device round trip
+            times.append(time.perf_counter() - t)
     return batch_size / float(np.median(times))
+
+
+# -- where things run ----------------------------------------------------------------------------------
+
+
+def placement(pin: bool) -> Placement:
+    """The server on the first core this process may use, the load on the second: sharing one core, each
+    would wait for the other's time slice, and the latency measured would be the scheduler's."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin or len(cores) < 2 or shutil.which("taskset") is None:
+        return Placement(None, None)
+    return Placement((cores[0],), (cores[1],))
+
+
+def taskset(cores: tuple[int, ...] | None) -> list[str]:
+    """The command prefix that runs a process on ``cores`` (nothing when unpinned); taskset execs, so the
+    process keeps the pid psutil reads the server's CPU time from."""
+    return ["taskset", "-c", ",".join(map(str, cores))] if cores else []
+
+
+@contextmanager
+def pinned(cores: tuple[int, ...] | None) -> Iterator[None]:
+    """Run this thread on ``cores`` for a while (torch's forward at one thread runs on the calling thread)."""
+    if not cores:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def cores_text(cores: tuple[int, ...] | None) -> str:
+    return f"core {','.join(map(str, cores))}" if cores else "unpinned"
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: how busy the shared cores were around the run."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 # -- the server ----------------------------------------------------------------------------------------
@@ -109,14 +180,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_options(folder: Path, batching: bool, args: argparse.Namespace, port: int) -> list[list[str]]:
+    """Every option the benchmark would pass, one flag and its values each. The thread count is explicit:
+    an older server sizes it from the machine's cores, not from the one core it is pinned to."""
+    return [["--model-uri", str(folder)], ["--model-name", MODEL_NAME], ["--http-port", str(port)], ["--enable_grpc", "false"],
+            ["--batching" if batching else "--no-batching"], ["--max-batch-size", str(args.max_batch_size)],
+            ["--max-batch-wait-ms", str(args.max_batch_wait_ms)], ["--max-instances", str(args.max_batch_size)],
+            ["--torch-threads", str(args.torch_threads)], ["--enable_latency_logging", "false"]]
+
+
+def left_out(args: argparse.Namespace) -> list[str]:
+    """The benchmark's server flags that one of the two versions does not accept (passed to neither)."""
+    flags = {option[0] for batching in (True, False) for option in server_options(Path(), batching, args, 0)}
+    return sorted(flags - args.server_flags)
+
+
+def help_flags(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", text))
+
+
+def server_flags(server_repo: Path) -> set[str]:
+    """The flags both this checkout's server and ``server_repo``'s accept, so a before/after pair of runs
+    passes both servers the same command line."""
+    from serving.__main__ import build_parser
+
+    flags = help_flags(build_parser().format_help())
+    if server_repo == REPO:
+        return flags
+    run = subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=server_repo, env=server_env(server_repo),
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        sys.exit(f"python -m serving --help failed in {server_repo}:\n{run.stderr[-3000:]}")
+    return flags & help_flags(run.stdout)
+
+
+def server_env(server_repo: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(server_repo)}
+
+
+def server_source(server_repo: Path) -> str:
+    """Where the server's code comes from, checked: the venv's editable install of this checkout must not
+    shadow the other one (then both runs would measure the same code). Its commit, '+changes' if dirty."""
+    run = subprocess.run([sys.executable, "-c", "import serving; print(serving.__file__)"], cwd=server_repo, env=server_env(server_repo),
+                         capture_output=True, text=True, timeout=60, check=True)
+    found = Path(run.stdout.strip()).resolve()
+    if not found.is_relative_to(server_repo):
+        sys.exit(f"expected the server's code under {server_repo}, found {found}")
+    git = ["git", "-C", str(server_repo)]
+    commit = subprocess.run([*git, "log", "-1", "--format=%h"], capture_output=True, text=True).stdout.strip() or "not a git checkout"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "serving", "components"], capture_output=True, text=True).stdout.strip()
+    return f"{server_repo} at {commit}{'+changes' if dirty else ''}"
+
+
 def start_server(folder: Path, batching: bool, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "serving", "--model-uri", str(folder), "--model-name", MODEL_NAME, "--http-port", str(port),
-               "--enable_grpc", "false", "--batching" if batching else "--no-batching", "--max-batch-size", str(args.max_batch_size),
-               "--max-batch-wait-ms", str(args.max_batch_wait_ms), "--max-instances", str(args.max_batch_size),
-               "--enable_latency_logging", "false"]
+    options = [word for option in server_options(folder, batching, args, port) if option[0] in args.server_flags for word in option]
+    command = [*taskset(args.placement.server), sys.executable, "-m", "serving", *options]
     with open(log, "wb") as output:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(command, cwd=args.server_repo, stdout=output, stderr=subprocess.STDOUT, env=server_env(args.server_repo))
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, log)
     return proc, url
@@ -202,17 +323,57 @@ async def drive(url: str, body: bytes, concurrency: int, seconds: float, warmup:
             "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"), "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
 
 
-def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, concurrency: int, seconds: float, warmup: float) -> dict:
+# wrk's Lua hooks: POST the body file; done() reports in microseconds as one JSON line after wrk's own text.
+# errors.status counts answers with a status of 400 or more (the server sends no 3xx): the non-2xx answers.
+WRK_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = assert(io.open([==[@BODY@]==], "rb"))
+wrk.body = file:read("*a")
+file:close()
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk(url: str, script: Path, concurrency: int, seconds: float, cores: tuple[int, ...] | None) -> dict:
+    """One wrk run, closed loop: one thread, one connection per concurrent client; done()'s JSON line."""
+    command = [*taskset(cores), "wrk", "-t1", f"-c{concurrency}", f"-d{math.ceil(seconds)}s", "--timeout", "60s", "-s", str(script), url]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=True)
+    return json.loads(next(line for line in reversed(run.stdout.splitlines()) if line.startswith("{")))
+
+
+def drive_wrk(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
+    """The warm-up is a wrk run of its own (wrk cannot leave its first seconds out of its statistics)."""
+    script = body_file.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT.replace("@BODY@", str(body_file)))
+    warm = wrk(f"{url}{path}", script, concurrency, args.warmup, args.placement.load) if args.warmup > 0 else {"requests": 0}
+    r = wrk(f"{url}{path}", script, concurrency, args.seconds, args.placement.load)
+    us_per_ms = 1000 if r["requests"] else float("nan")  # no answers: no percentiles (wrk says 0)
+    return {"requests": r["requests"], "sent": warm["requests"] + r["requests"], "errors": r["non_2xx"] + r["socket_errors"],
+            "rps": r["requests"] / (r["duration_us"] / 1e6), "p50": r["p50_us"] / us_per_ms, "p99": r["p99_us"] / us_per_ms}
+
+
+def drive_aiohttp(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
+    command = [*taskset(args.placement.load), sys.executable, __file__, "drive", "--url", url, "--path", path, "--body", str(body_file),
+               "--concurrency", str(concurrency), "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=args.seconds + args.warmup + 120, check=True)
+    return json.loads(run.stdout)
+
+
+def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
     """One row's load, plus the server's CPU time per request (user + system, all its threads, warm-up
     included): a machine shared with other work changes requests/s from run to run far more than it."""
     import psutil
 
-    command = [sys.executable, __file__, "drive", "--url", url, "--path", path, "--body", str(body_file), "--concurrency", str(concurrency),
-               "--seconds", str(seconds), "--warmup", str(warmup)]
     before = psutil.Process(server.pid).cpu_times()
-    run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 120, check=True)
+    result = (drive_wrk if args.driver == "wrk" else drive_aiohttp)(url, path, body_file, concurrency, args)
     after = psutil.Process(server.pid).cpu_times()
-    result = json.loads(run.stdout)
     cpu_s = (after.user - before.user) + (after.system - before.system)
     result["cpu_ms"] = 1000 * cpu_s / result["sent"] if result["sent"] else float("nan")
     return result
@@ -223,8 +384,8 @@ def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, con
 
 def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[str]:
     folder = make_version(scratch / model.arch, model)
-    limit_1 = raw_throughput(folder, 1, args.raw_seconds, args.torch_threads)
-    limit_max = raw_throughput(folder, args.max_batch_size, args.raw_seconds, args.torch_threads)
+    limit_1 = raw_throughput(folder, 1, args.raw_seconds, args.torch_threads, args.placement.server)
+    limit_max = raw_throughput(folder, args.max_batch_size, args.raw_seconds, args.torch_threads, args.placement.server)
     kinds = requests_for(model)
     for i, kind in enumerate(kinds):
         (scratch / f"{model.arch}-{i}.json").write_bytes(kind.body)
@@ -234,7 +395,7 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
         try:
             for i, kind in enumerate(kinds):
                 for c in args.concurrency:
-                    results[kind.name, batching, c] = run_load(proc, url, kind.path, scratch / f"{model.arch}-{i}.json", c, args.seconds, args.warmup)
+                    results[kind.name, batching, c] = run_load(proc, url, kind.path, scratch / f"{model.arch}-{i}.json", c, args)
         finally:
             stop_server(proc)
     lines = [f"{model.title}: limit (in-process forward) batch 1: {limit_1:,.0f} img/s, batch {args.max_batch_size}: {limit_max:,.0f} img/s",
@@ -275,11 +436,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--resnet", action="store_true", help="add the ResNet-18 rows without a CUDA device")
+    parser.add_argument("--driver", choices=("wrk", "aiohttp"), help="load generator (default: wrk where it is installed, else aiohttp)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave the server and the load on whatever cores the OS picks")
+    parser.add_argument("--server-repo", type=Path, default=REPO, help="run the server from this checkout of the repository (before/after)")
     args = parser.parse_args(argv)
     if args.mode == "drive":
         print(json.dumps(asyncio.run(drive(args.url, args.body.read_bytes(), args.concurrency, args.seconds, args.warmup, args.path))))
         return
     run_benchmark(args)
+
+
+def choose_driver(asked: str | None) -> str:
+    if asked == "aiohttp" or (asked is None and shutil.which("wrk") is None):
+        if asked is None:
+            print("serve_load: wrk is not installed (apt-get install wrk): the load comes from aiohttp, in Python")
+        return "aiohttp"
+    if shutil.which("wrk") is None:
+        sys.exit("expected wrk on PATH for --driver wrk (apt-get install wrk)")
+    return "wrk"
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
@@ -288,18 +462,34 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
     from serving.__main__ import default_torch_threads
 
-    args.torch_threads = default_torch_threads()
+    load_at_start = load_average()
+    args.server_repo = args.server_repo.resolve()
+    if not (args.server_repo / "serving" / "__main__.py").is_file():
+        sys.exit(f"expected a checkout of this repository at {args.server_repo} (serving/__main__.py)")
+    args.driver = choose_driver(args.driver)
+    if args.driver == "wrk":  # wrk runs whole seconds: say what was measured
+        args.seconds, args.warmup = float(max(1, math.ceil(args.seconds))), float(math.ceil(args.warmup))
+    args.placement = placement(args.pin)
+    # What the server would pick on its own cores; both versions get it explicitly (see server_options).
+    with pinned(args.placement.server):
+        args.torch_threads = default_torch_threads()
+    args.server_flags = server_flags(args.server_repo)
     gpu = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, torch threads {args.torch_threads})"
     models = [SMALL, *([RESNET] if gpu or args.resnet else [])]
-    lines = [f"serve_load: {device}; server: --max-batch-size {args.max_batch_size} --max-batch-wait-ms {args.max_batch_wait_ms:g} "
-             f"--enable_latency_logging false; single-image requests, closed loop, {args.seconds:g} s per row after {args.warmup:g} s "
-             "warm-up, load from a separate process"]
+    lines = [f"serve_load: {device}; server: {server_source(args.server_repo)}, --max-batch-size {args.max_batch_size} "
+             f"--max-batch-wait-ms {args.max_batch_wait_ms:g} --torch-threads {args.torch_threads} --enable_latency_logging false; "
+             f"single-image requests, closed loop, {args.seconds:g} s per row after {args.warmup:g} s warm-up, "
+             f"load from a separate process ({args.driver})",
+             f"cores: server {cores_text(args.placement.server)}, load generator {cores_text(args.placement.load)}"
+             f"{'' if args.placement.server else ' (--no-pin, one CPU or no taskset)'}; 1-minute load average at start {load_at_start:.2f}"]
+    if left_out(args):
+        lines.append(f"server flags left out (one of the two versions does not accept them): {' '.join(left_out(args))}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
         for model in models:
             lines += ["", *bench_model(model, args, Path(scratch))]
-    lines.append(f"\n(total {time.monotonic() - started:.0f} s)")
+    lines.append(f"\n(total {time.monotonic() - started:.0f} s; 1-minute load average {load_at_start:.2f} at start, {load_average():.2f} at end)")
     print("\n".join(lines))
 
 
