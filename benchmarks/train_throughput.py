@@ -29,6 +29,7 @@ import contextlib
 import io
 import os
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ import torch.multiprocessing as mp
 from torch.nn import functional as F
 
 from components.nets import build_model
+from components.store import open_store
 from components.training import server
 from components.training.config import TrainConfig
 from components.training.rank import rpc_options
@@ -148,6 +150,11 @@ def _ps_config(workers: int) -> TrainConfig:
 
 def _ps_rank(rank: int, setup: Setup, port: int, queue) -> None:
     """One rank of a PS run: rank 0 serves the only shard, the others are workers."""
+    with contextlib.ExitStack() as stack:
+        _ps_rank_in(rank, setup, port, queue, stack)
+
+
+def _ps_rank_in(rank: int, setup: Setup, port: int, queue, stack: contextlib.ExitStack) -> None:
     warnings.filterwarnings("ignore", message=".*ProcessGroupGloo.*as a ProcessGroup.*")
     config = _ps_config(setup.workers)
     torch.manual_seed(0)
@@ -155,7 +162,8 @@ def _ps_rank(rank: int, setup: Setup, port: int, queue) -> None:
     if rank == 0:
         torch.set_num_threads(1)
         shard = server.make_shard(flatten(list(model.parameters())), config, total_steps=10**6, warmup_steps=1)
-        server.install_shard(shard, 0, config)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory())  # the shard's checkpoint store: none is written here
+        server.install_shard(shard, 0, config, open_store(scratch))
     else:
         torch.set_num_threads(threads_per_worker(setup))
     name = ps_name(0) if rank == 0 else worker_name(rank - 1)
