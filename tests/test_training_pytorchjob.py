@@ -29,6 +29,7 @@ from components.training.pytorchjob import MAX_NAME, PyTorchJobSettings, build_p
 from components.training.pytorchjob_launcher import Cancelled, launch_pytorchjob, run_pytorchjob
 from components.training.render import render_pytorchjob
 from tests import k8s_schema
+from tests.helpers import TickingClock
 from tests.k8s_schema import SCHEMAS
 
 PYTORCHJOB_CRD = "kubeflow.org_pytorchjobs.yaml"
@@ -205,8 +206,8 @@ RUNNING = JobStatus("Running")
 
 
 def run(cluster: FakeCluster, timeout_s: float = 100.0) -> str:
-    out, clock = io.StringIO(), iter(range(0, 10**6, 10))  # each poll advances the fake clock by 10 s
-    launch_pytorchjob(manifest(), cluster, timeout_s, out, poll_s=0, clock=lambda: next(clock), sleep=lambda s: None)
+    out = io.StringIO()
+    launch_pytorchjob(manifest(), cluster, timeout_s, out, poll_s=0, clock=TickingClock(10))  # each poll: 10 s later
     return out.getvalue()
 
 

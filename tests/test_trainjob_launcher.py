@@ -33,6 +33,7 @@ from components.training.pytorchjob import job_name
 from components.training.pytorchjob_launcher import Cancelled, launch_job
 from components.training.trainjob import TrainJobSettings, build_network_policy, build_trainjob
 from components.training.trainjob_launcher import run_trainjob
+from tests.helpers import TickingClock
 
 RUN_ID = "4f1c2b9e-1234-4cde-9abc-0123456789ab"
 NAME = job_name(RUN_ID)
@@ -198,10 +199,10 @@ def cluster_config(**overrides: Any) -> TrainConfig:
 
 
 def launch(api: FakeApi, timeout_s: float = 1000.0, max_restarts: int | None = 3) -> str:
-    out, ticks = io.StringIO(), iter(range(0, 10**6, 10))  # each poll advances the fake clock by 10 s
+    out = io.StringIO()
     manifest = build_trainjob(cluster_config(), RUN_ID, TrainJobSettings(namespace=NS), timeout_s=int(timeout_s))
     with serving(api) as client:
-        launch_job(manifest, client, timeout_s, out, poll_s=0, clock=lambda: next(ticks), sleep=lambda s: None, max_restarts=max_restarts,
+        launch_job(manifest, client, timeout_s, out, poll_s=0, clock=TickingClock(10), max_restarts=max_restarts,
                    network_policy=build_network_policy(manifest))
     return out.getvalue()
 

@@ -21,13 +21,23 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from components.errors import TrainingError
-from components.kube import TERMINAL, JobClient, JobExistsError, JobStatus, KubernetesJobClient, PodInfo, current_namespace
+from components.kube import (
+    SYSTEM_CLOCK,
+    TERMINAL,
+    Clock,
+    JobClient,
+    JobExistsError,
+    JobStatus,
+    KubernetesJobClient,
+    PodInfo,
+    current_namespace,
+)
 from components.training.config import TrainConfig
 from components.training.pytorchjob import PyTorchJobSettings, build_pytorchjob
 
@@ -82,7 +92,7 @@ class LogStreams:
 
 
 def launch_job(manifest: dict[str, Any], client: JobClient, timeout_s: float, out: TextIO | None = None, poll_s: float = 5.0,
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep, max_restarts: int | None = None,
+               clock: Clock = SYSTEM_CLOCK, max_restarts: int | None = None,
                network_policy: dict[str, Any] | None = None) -> None:
     """Create the job (a PyTorchJob or a TrainJob), stream its logs, and return when it succeeded; raise
     :class:`TrainingError` otherwise. ``max_restarts``: delete and fail the job once its pods show more
@@ -95,7 +105,7 @@ def launch_job(manifest: dict[str, Any], client: JobClient, timeout_s: float, ou
     finished = False
     try:
         with _sigterm_cancels():
-            status, pods = _watch(client, f"{kind} {name}", name, streams, clock() + timeout_s, timeout_s, poll_s, clock, sleep, out, max_restarts)
+            status, pods = _watch(client, f"{kind} {name}", name, streams, clock.monotonic() + timeout_s, timeout_s, poll_s, clock, out, max_restarts)
         finished = True
     finally:
         if not finished:
@@ -131,7 +141,7 @@ launch_pytorchjob = launch_job  # the name the PyTorchJob path has always used
 
 
 def _watch(client: JobClient, title: str, name: str, streams: LogStreams, deadline: float, timeout_s: float, poll_s: float,
-           clock: Callable[[], float], sleep: Callable[[float], None], out: TextIO,
+           clock: Clock, out: TextIO,
            max_restarts: int | None) -> tuple[JobStatus, list[PodInfo]]:
     seen: dict[str, str] = {}
     reported_restarts = 0
@@ -149,10 +159,10 @@ def _watch(client: JobClient, title: str, name: str, streams: LogStreams, deadli
         if max_restarts is not None and restarts > max_restarts:
             raise TrainingError(f"{title} was restarted {restarts} times, more than the backoff limit {max_restarts}: "
                                 f"{failure_message(title, status, pods, streams)}")
-        if clock() > deadline:
+        if clock.monotonic() > deadline:
             states = ", ".join(f"{p.replica} {p.phase}" for p in sorted(pods, key=lambda p: p.replica)) or "no pods"
             raise TrainingError(f"{title} did not finish within {timeout_s:g} s (job {status.phase}; {states})")
-        sleep(poll_s)
+        clock.sleep(poll_s)
 
 
 def _report_changes(status: JobStatus, pods: list[PodInfo], seen: dict[str, str], out: TextIO) -> None:
