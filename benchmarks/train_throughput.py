@@ -150,11 +150,11 @@ def _ps_config(workers: int) -> TrainConfig:
 
 def _ps_rank(rank: int, setup: Setup, port: int, queue) -> None:
     """One rank of a PS run: rank 0 serves the only shard, the others are workers."""
-    with contextlib.ExitStack() as stack:
-        _ps_rank_in(rank, setup, port, queue, stack)
+    with tempfile.TemporaryDirectory() as scratch:  # a store for the shard's checkpoints: none is written here
+        _ps_rank_in(rank, setup, port, queue, scratch)
 
 
-def _ps_rank_in(rank: int, setup: Setup, port: int, queue, stack: contextlib.ExitStack) -> None:
+def _ps_rank_in(rank: int, setup: Setup, port: int, queue, scratch: str) -> None:
     warnings.filterwarnings("ignore", message=".*ProcessGroupGloo.*as a ProcessGroup.*")
     config = _ps_config(setup.workers)
     torch.manual_seed(0)
@@ -162,7 +162,6 @@ def _ps_rank_in(rank: int, setup: Setup, port: int, queue, stack: contextlib.Exi
     if rank == 0:
         torch.set_num_threads(1)
         shard = server.make_shard(flatten(list(model.parameters())), config, total_steps=10**6, warmup_steps=1)
-        scratch = stack.enter_context(tempfile.TemporaryDirectory())  # the shard's checkpoint store: none is written here
         server.install_shard(shard, 0, config, open_store(scratch))
     else:
         torch.set_num_threads(threads_per_worker(setup))
