@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from urllib.parse import unquote, urlparse
 
 from components.errors import ConflictError, NotFoundError, StoreError
@@ -240,12 +241,18 @@ def _walk(folder: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
     sort as strings: a folder sorts as its name + "/", so "a-b" (0x2d) comes before the keys under "a/"
     (0x2f). Symbolic links to folders are not followed. Strings, not Paths: a million files list in seconds."""
     with os.scandir(folder) as scan:
-        entries = sorted(scan, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path, f"{prefix}{entry.name}/")
-        elif not entry.name.startswith(LOCAL_PRIVATE_PREFIXES) and entry.is_file():
-            yield prefix + entry.name, _stat_info(entry.stat())
+        # Names only, not the DirEntry objects (several times the size): a flat folder may hold a million files.
+        names = sorted(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in scan)
+    for name in names:
+        if name.endswith("/"):
+            yield from _walk(os.path.join(folder, name[:-1]), prefix + name)
+        elif not name.startswith(LOCAL_PRIVATE_PREFIXES):
+            try:
+                info = os.stat(os.path.join(folder, name))  # follows a link to a file, as is_file() did
+            except FileNotFoundError:  # removed since the scan, or a dangling link
+                continue
+            if S_ISREG(info.st_mode):
+                yield prefix + name, _stat_info(info)
 
 
 def _file_info(path: Path) -> ObjectInfo:

@@ -242,3 +242,33 @@ def test_sample_is_mnist_shaped_digits():
     assert set(labels.tolist()) == set(range(10))
     assert images[:, :4, :].max() == 0  # the 20x20 digit sits in a blank 4-pixel frame, like MNIST
     assert gzip.decompress(write_idx_gz(images[:1]))[:4] == b"\x00\x00\x08\x03"
+
+
+def test_duplicates_found_in_slices_match_a_brute_force_count(monkeypatch) -> None:
+    """The duplicate search slices each later split (bounded memory); the count and the files it names must
+    be those of comparing every pair, including hits on both sides of a slice boundary."""
+    import hashlib
+
+    from components.data import checks
+    from components.data.decode import Chunk
+
+    monkeypatch.setattr(checks, "SEARCH_SLICE", 7)
+    rng = np.random.default_rng(3)
+    content = rng.integers(0, 60, size=300)  # 60 distinct "pictures" over 300 images: many duplicates
+    split_of = rng.choice(["train", "val", "test"], size=300, p=[0.6, 0.2, 0.2])
+    tally = checks.Tally(["a", "b"], 1)
+    for split in checks.SPLITS:
+        indices = np.flatnonzero(split_of == split)
+        digests = [hashlib.sha256(bytes([int(content[i])])).digest() for i in indices]
+        tally.add(split, Chunk(indices, np.zeros(len(indices), np.int32), np.zeros((len(indices), 1, 1, 1), np.uint8),
+                               np.ones((len(indices), 2), np.int64), digests, np.zeros((len(indices), 2, 1)), []))
+    seen = {"train": set(content[split_of == "train"])}
+    seen["val"] = seen["train"]
+    seen["test"] = seen["train"] | set(content[split_of == "val"])
+    expected = sum(1 for i in range(300) if split_of[i] != "train" and content[i] in seen[split_of[i]])
+    found = tally.duplicates(lambda i: f"img-{i}")
+    assert found["across_splits"] == expected > checks.DUPLICATES_LISTED
+    for item in found["listed"]:
+        later, earlier = int(item["file"][4:]), int(item["same_as"][4:])
+        assert content[later] == content[earlier] and split_of[later] == item["split"]
+        assert checks.SPLITS.index(split_of[earlier]) < checks.SPLITS.index(item["split"])

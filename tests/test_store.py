@@ -114,6 +114,25 @@ def test_compact_keys_give_back_every_key() -> None:
     for key in ["a/1.png", "blåbær/2.jpg", "", "x" * 300]:
         keys.append(key)
     assert list(keys) == ["a/1.png", "blåbær/2.jpg", "", "x" * 300] and len(keys) == 4 and keys[-1] == "x" * 300
+    with pytest.raises(IndexError):
+        keys[4]
+    keys.close()
+
+
+def test_compact_keys_spilled_to_their_file_read_back_from_many_threads() -> None:
+    """Past the flush size the keys live in the temporary file; reads race each other as prepare's threads do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.data.sources import Keys
+
+    expected = [f"class-{i % 7}/{'é' * (i % 5)}{i:07d}.jpg" for i in range(20_000)]  # ~0.5 MB: several flushes
+    keys = Keys()
+    for key in expected:
+        keys.append(key)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(keys.__getitem__, range(len(expected) - 1, -1, -1)))
+    assert got[::-1] == expected
+    keys.close()
 
 
 def test_store_opened_on_a_prefix_sees_only_its_own_keys(store_uri: str, tmp_path: Path) -> None:

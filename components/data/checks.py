@@ -1,10 +1,10 @@
 """What preparation learns about a data set while it streams through it, and the report a person reads.
 
-:class:`Tally` sees every example once and keeps only counters and one 8-byte digest per image: class
-counts per split, channel statistics of the training split, an image-size histogram, the unreadable
-files, an order-independent content hash, and the digests that reveal exact duplicates across
-splits (the same picture in train and test makes the test score a memory test). Memory is 8 bytes
-per image plus counters — 8 MB for a million images — and nothing of the pixels.
+:class:`Tally` sees every example once and keeps only counters and 12 bytes per image (an 8-byte
+digest and the image's index): class counts per split, channel statistics of the training split, an
+image-size histogram, the unreadable files, an order-independent content hash, and the digests that
+reveal exact duplicates across splits (the same picture in train and test makes the test score a memory test). Memory is 12 bytes
+per image plus counters — 12 MB for a million images — and nothing of the pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from components.presets import ChannelStats
 
 SIZE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # shorter side, pixels: "<32", "32-63", … , ">=2048"
 DUPLICATES_LISTED = 20
+SEARCH_SLICE = 1 << 16  # digests searched at once: bounds the search's temporaries
+SPLITS = ("train", "val", "test")  # in the order prepare writes them
 
 
 def size_bucket(width: int, height: int) -> str:
@@ -49,7 +51,7 @@ class Tally:
     def add(self, split: str, chunk: Chunk) -> None:
         if split not in self.counts:
             self.counts[split] = np.zeros(len(self.class_names), dtype=np.int64)
-            self._digests[split] = (array("Q"), array("q"))
+            self._digests[split] = (array("Q"), array("I"))  # indices: 4 bytes, files < 2^32
         self.counts[split] += np.bincount(chunk.labels, minlength=len(self.class_names))
         for width, height in chunk.sizes.tolist():
             bucket = size_bucket(width, height)
@@ -75,21 +77,37 @@ class Tally:
         return {split: {name: int(n) for name, n in zip(self.class_names, counts)} for split, counts in self.counts.items()}
 
     def duplicates(self, name: Callable[[int], str]) -> dict:
-        """Exact duplicates (the same prepared pixels) of an earlier split's image, up to 20 listed by file."""
-        earlier_d, earlier_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        """Exact duplicates (the same prepared pixels) of an earlier split's image, up to 20 listed by file.
+
+        One sorted copy of the earlier splits' digests at a time (8 bytes an image); each later split is
+        searched in slices, so nothing else here grows with the data set."""
         found: list[dict[str, str]] = []
         total = 0
-        for split in ("train", "val", "test"):
-            digests, indices = self._digests.get(split, (array("Q"), array("q")))
-            # Views of the arrays' buffers, not copies: at a million images each copy is 8 MB.
-            d, i = np.frombuffer(digests, dtype=np.uint64), np.frombuffer(indices, dtype=np.int64)
-            if len(earlier_d) and len(d):
-                order = np.argsort(earlier_d)
-                ordered = earlier_d[order]
-                pos = np.minimum(np.searchsorted(ordered, d), len(order) - 1)
-                hits = np.flatnonzero(ordered[pos] == d)
+        for later in range(1, len(SPLITS)):
+            digests, indices = self._views(SPLITS[later])
+            earlier = np.concatenate([self._views(s)[0] for s in SPLITS[:later]])
+            if not len(earlier) or not len(digests):
+                continue
+            earlier.sort()
+            for start in range(0, len(digests), SEARCH_SLICE):
+                part = digests[start : start + SEARCH_SLICE]
+                hits = np.flatnonzero(earlier[np.minimum(np.searchsorted(earlier, part), len(earlier) - 1)] == part)
                 total += len(hits)
-                for h in hits[: max(0, DUPLICATES_LISTED - len(found))]:
-                    found.append({"split": split, "file": name(int(i[h])), "same_as": name(int(earlier_i[order[pos[h]]]))})
-            earlier_d, earlier_i = np.concatenate([earlier_d, d]), np.concatenate([earlier_i, i])
+                for h in hits[: max(0, DUPLICATES_LISTED - len(found))] + start:
+                    same_as = self._first_with(int(digests[h]), SPLITS[:later])
+                    found.append({"split": SPLITS[later], "file": name(int(indices[h])), "same_as": name(same_as)})
         return {"across_splits": int(total), "listed": found}
+
+    def _views(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A split's digests and image indices as views of their arrays' buffers (no copies)."""
+        digests, indices = self._digests.get(split, (array("Q"), array("I")))
+        return np.frombuffer(digests, dtype=np.uint64), np.frombuffer(indices, dtype=np.uint32)
+
+    def _first_with(self, digest: int, splits: tuple[str, ...]) -> int:
+        """The index of the first image in ``splits`` with ``digest`` (a scan: done for listed duplicates only)."""
+        for split in splits:
+            digests, indices = self._views(split)
+            at = np.flatnonzero(digests == np.uint64(digest))
+            if len(at):
+                return int(indices[at[0]])
+        raise AssertionError(f"digest {digest:#x} is in no split of {splits}")

@@ -11,7 +11,7 @@ Memory does not grow with the data set: the split is decided from the labels alo
 folders of the listing, or the IDX label files), images are read on a bounded pool of threads and
 decoded on worker processes (:mod:`components.data.decode`) in split order, each goes straight into a
 shard on local disk, and what is learnt about the data (:class:`components.data.checks.Tally`) is
-counters and 8 bytes per image.
+counters and 12 bytes per image.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from components.data.checks import Tally
+from components.data.checks import SPLITS, Tally
 from components.data.decode import Chunk, Decoder
 from components.data.shards import SHARD_BYTES, ShardInfo, ShardWriter, iter_records, temporary_reader
 from components.data.sources import Geometry, RawSource, UnreadableFile, open_source
 from components.errors import DataError
 from components.store import Store, join_key
 
-SPLITS = ("train", "val", "test")
 DATASET_FILE = "dataset.json"
 FORMAT_VERSION = 2  # 1: whole splits as .npy files
 

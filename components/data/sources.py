@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
+import threading
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -105,6 +108,7 @@ class RawSource:
         return len(self.labels)
 
     def close(self) -> None:
+        self.keys.close()
         if self._scratch is not None:
             self._scratch.cleanup()
 
@@ -183,15 +187,29 @@ class _IdxFile:
 
 
 class Keys(Sequence[str]):
-    """Many keys in little memory: their UTF-8 bytes end to end and where each ends (about 30 bytes a key,
-    where a list of str costs over 100 and the listing's dict several hundred: a million files in 30 MB)."""
+    """Many keys in little memory. Their UTF-8 bytes go end to end into an unnamed temporary file (gone
+    when closed, or when the process ends however it ends) and only where each key ends stays in memory:
+    8 bytes a key, where a list of str costs over 100 and the listing's dict several hundred. A key is read
+    back with one ``pread``, right before the file it names is read, so the lookup costs nothing that shows.
+    Appends come from one thread (the listing); reads may come from many."""
+
+    _FLUSH_BYTES = 1 << 16
 
     def __init__(self) -> None:
-        self._data, self._ends = bytearray(), array("q")
+        self._ends = array("q")
+        self._pending, self._written = bytearray(), 0  # bytes not yet in the file; bytes that are
+        self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()
 
     def append(self, key: str) -> None:
-        self._data += key.encode()
-        self._ends.append(len(self._data))
+        self._pending += key.encode()
+        self._ends.append(self._written + len(self._pending))
+        if len(self._pending) >= self._FLUSH_BYTES:
+            self._flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -200,8 +218,25 @@ class Keys(Sequence[str]):
         index = index + len(self) if index < 0 else index
         if not 0 <= index < len(self):
             raise IndexError(f"key {index} of {len(self)}")
+        if self._pending:
+            self._flush()
         start = self._ends[index - 1] if index > 0 else 0
-        return self._data[start : self._ends[index]].decode()
+        return os.pread(self._fileno(), self._ends[index] - start, start).decode() if self._ends[index] > start else ""
+
+    def _fileno(self) -> int:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="keys-")
+        return self._file.fileno()
+
+    def _flush(self) -> None:
+        with self._lock:
+            view = memoryview(self._pending)
+            while view:
+                done = os.pwrite(self._fileno(), view, self._written)
+                self._written += done
+                view = view[done:]
+            view.release()
+            self._pending.clear()
 
 
 @dataclass
@@ -210,7 +245,7 @@ class _Listing:
 
     images: Keys = field(default_factory=Keys)
     sizes: array = field(default_factory=lambda: array("q"))
-    classes: array = field(default_factory=lambda: array("l"))  # per image: its folder's id in ``folders``
+    classes: array = field(default_factory=lambda: array("I"))  # per image: its folder's id in ``folders``
     folders: dict[str, int] = field(default_factory=dict)
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # of the image files' (key, size, version)
     idx: dict[str, ObjectInfo] = field(default_factory=dict)  # IDX image and label files (a few)
@@ -235,7 +270,7 @@ class _Listing:
 def open_source(store: Store) -> RawSource:
     """List ``store``, detect its layout and check it as a whole (nothing is decoded yet).
 
-    The listing is streamed, in key order, into compact arrays: memory grows by about 50 bytes per file."""
+    The listing is streamed, in key order, into compact arrays: memory grows by about 30 bytes per file (the keys themselves go to a temporary file)."""
     listing = _Listing()
     for key, info in store.iter_info():
         listing.add(key, info)
