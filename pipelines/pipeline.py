@@ -101,7 +101,7 @@ def training_pipeline(
         serving_gpus: GPUs per predictor replica (deploy_target kserve).
         deployment_mode: KServe deployment mode: Knative (revisions: canary, then promotion) or Standard (a Deployment: rolling update); the old names Serverless and RawDeployment are accepted.
         canary_percent: Traffic share of a new revision while it is smoke-tested, before promotion to 100 (Knative mode; 0: no canary, the new revision takes all traffic once ready; Standard mode always rolls pods).
-        code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage.
+        code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage and shown in the evaluation report.
     """
     knobs = knobs_from_pipeline(locals())  # first statement: locals() is exactly the pipeline's parameters
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -112,7 +112,8 @@ def training_pipeline(
                           timeout_s=train_timeout_s, backoff_limit=train_backoff_limit, **knobs)
     trained.set_display_name("train (parameter servers + workers)").set_cpu_limit("4").set_memory_limit("8G")
     evaluated = evaluate_model(dataset=prepared.outputs["dataset"], model=trained.outputs["model"], store_uri=store_uri,
-                               model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance)
+                               model_name=model_name, accuracy_threshold=accuracy_threshold, tolerance=tolerance,
+                               run_id=run_id, code_version=code_version)
     evaluated.set_display_name("evaluate and gate")
     # Every candidate is registered with its verdict; only an accepted one is deployed.
     pushed = push_model(model=trained.outputs["model"], dataset=prepared.outputs["dataset"],

@@ -68,6 +68,45 @@ def test_a_candidate_like_production_is_compared_on_accuracy(prepared, tmp_path:
     assert "production scored" in result.verdict.reason
 
 
+def test_the_evaluation_records_the_data_hash_the_training_settings_and_the_mistakes(prepared, tmp_path: Path) -> None:
+    import json
+
+    from components.training.worker import HISTORY_FILE
+
+    folder = make_version_folder(tmp_path / "candidate")
+    (folder / HISTORY_FILE).write_text(json.dumps({"epochs": [], "config": {"arch": "small_cnn", "lr": 0.05}}))
+    result = run_evaluation(open_store(prepared.store_uri), prepared.prefix, put_candidate(prepared.store_uri, folder),
+                            f"facts-{uuid.uuid4().hex[:6]}", threshold=0.5, tolerance=0.0)
+    assert result.data_hash == prepared.content_hash and result.training == {"arch": "small_cnn", "lr": 0.05}
+    assert (result.threshold, result.tolerance) == (0.5, 0.0)
+    assert result.mistakes.total == result.candidate.count - result.candidate.correct > 0
+    assert "mistakes" not in result.to_dict(), "the pictures are for the report, not the registry's metrics"
+
+
+def test_the_evaluate_component_writes_both_reports_with_the_run_and_the_champion(prepared, tmp_path: Path) -> None:
+    from kfp import dsl
+
+    from components.evaluation.component import evaluate_model
+
+    name = f"component-{uuid.uuid4().hex[:6]}"
+    promote_champion(prepared.store_uri, name, make_version_folder(tmp_path / "champion", seed=1))
+    outputs = {key: tmp_path / file for key, file in (("metrics", "metrics.json"), ("confusion", "confusion.json"),
+                                                      ("report", "report.md"), ("report_html", "report.html"),
+                                                      ("evaluation", "evaluation.json"))}
+    decision = evaluate_model.python_func(
+        dataset=dsl.Dataset(uri=str(tmp_path / "dataset"), metadata={"prefix": prepared.prefix}),
+        model=dsl.Model(uri=str(tmp_path / "model"), metadata={"prefix": put_candidate(prepared.store_uri, make_version_folder(tmp_path / "candidate"))}),
+        store_uri=prepared.store_uri, model_name=name, accuracy_threshold=0.0, tolerance=1.0, run_id="run-77", code_version="c0ffee",
+        metrics=dsl.Metrics(uri=str(outputs["metrics"])), confusion=dsl.ClassificationMetrics(uri=str(outputs["confusion"])),
+        report=dsl.Markdown(uri=str(outputs["report"])), report_html=dsl.HTML(uri=str(outputs["report_html"])),
+        evaluation=dsl.Artifact(uri=str(outputs["evaluation"])))
+    markdown, page = outputs["report"].read_text(), outputs["report_html"].read_text()
+    assert decision == "accepted" and "production version 1 scored" in markdown
+    for text in (markdown, page):
+        assert "run-77" in text and "c0ffee" in text and prepared.content_hash in text
+    assert '<svg xmlns="http://www.w3.org/2000/svg" class="confusion"' in page and "data:image/png;base64," in page
+
+
 def test_compare_cards_names_each_difference() -> None:
     assert compare_cards(DIGITS, DIGITS) == []
     other = replace(DIGITS, preprocess="resize-nearest", in_channels=3, mean=[0.1] * 3, std=[0.2] * 3)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from components.data.shards import iter_records, temporary_reader
 from components.evaluation.evaluate import (
     REJECTED,
     EvalResult,
+    MistakeSample,
     Verdict,
     compare_cards,
     evaluate_models,
@@ -24,6 +27,7 @@ from components.evaluation.evaluate import (
 from components.modelfile import ModelCard, load_card
 from components.registry import Registry
 from components.store import Store
+from components.training.worker import HISTORY_FILE
 
 EVAL_BATCH = 128  # images per forward pass: bounds activation memory, whatever the split size
 
@@ -34,6 +38,11 @@ class Evaluation:
     verdict: Verdict
     champion: EvalResult | None
     champion_version: int | None
+    threshold: float = 0.0
+    tolerance: float = 0.0
+    data_hash: str = ""  # the prepared data set's content hash
+    training: dict[str, Any] = field(default_factory=dict)  # the candidate's training configuration, when it has one
+    mistakes: MistakeSample = field(default_factory=MistakeSample)  # the candidate's; for the report, not the JSON
 
     def to_dict(self) -> dict:
         return {
@@ -52,20 +61,33 @@ def run_evaluation(store: Store, dataset_prefix: str, model_prefix: str, model_n
     info = read_info(store, dataset_prefix)
     registry = Registry(store, model_name)
     champion_version = registry.production().version
+    mistakes = MistakeSample()
     with tempfile.TemporaryDirectory(prefix="eval-") as tmp:
         folders = [Path(tmp, "candidate")]
         store.download_prefix(model_prefix, folders[0])
-        candidate = load_card(folders[0])
+        candidate, training = load_card(folders[0]), training_config(folders[0])
+
+        def finish(result: EvalResult, verdict: Verdict, champion: EvalResult | None = None) -> Evaluation:
+            return Evaluation(result, verdict, champion, champion_version, threshold, tolerance, info.content_hash,
+                              training, mistakes)
+
         if refusal := refuse_candidate(candidate, info.class_names):
-            return Evaluation(unscored(candidate), Verdict(REJECTED, refusal), None, champion_version)
+            return finish(unscored(candidate), Verdict(REJECTED, refusal))
         differences = _champion_differences(registry, champion_version, candidate, Path(tmp, "champion"), folders)
         with temporary_reader(store, info.prefix, info.image_shape) as reader:
-            results = evaluate_models(folders, iter_records(reader, info.shard_list("test"), EVAL_BATCH))
+            results = evaluate_models(folders, iter_records(reader, info.shard_list("test"), EVAL_BATCH), mistakes)
     if differences:
-        return Evaluation(results[0], unlike_verdict(differences, champion_version), None, champion_version)
+        return finish(results[0], unlike_verdict(differences, champion_version))
     champion = results[1] if len(results) > 1 else None
-    verdict = gate(results[0].accuracy, threshold, champion.accuracy if champion else None, tolerance)
-    return Evaluation(results[0], verdict, champion, champion_version)
+    return finish(results[0], gate(results[0].accuracy, threshold, champion.accuracy if champion else None, tolerance,
+                                   champion_version), champion)
+
+
+def training_config(folder: Path) -> dict[str, Any]:
+    """The training settings the candidate was made with (its ``history.json``); {} for a model folder made
+    elsewhere, which has none."""
+    path = folder / HISTORY_FILE
+    return dict(json.loads(path.read_text()).get("config", {})) if path.exists() else {}
 
 
 def _champion_differences(registry: Registry, version: int | None, candidate: ModelCard, folder: Path,
