@@ -20,7 +20,7 @@ from PIL import Image
 
 from components.evaluation.evaluate import wilson_interval
 from components.evaluation.report import html_report
-from components.training.report import accuracy_range, axis_ticks, training_report
+from components.training.report import EVALUATION_PAGE, TRAINING_PAGE, accuracy_range, axis_ticks, training_report
 from tests.report_samples import CHALLENGER, CHAMPION, RUN, SIDE, TRAINING, sample_evaluation, sample_history
 
 BROWSER = "chromium-headless-shell"
@@ -31,6 +31,7 @@ window.addEventListener("load", () => {
   const texts = (root, css) => Array.from(root.querySelectorAll(css), (t) => ({text: t.textContent, box: box(t)}));
   const probe = {
     text: document.body.innerText,
+    links: Array.from(document.links, (a) => a.getAttribute("href")),
     images: Array.from(document.images, (i) => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
                                                   alt: i.alt, box: box(i)})),
     matrices: Array.from(document.querySelectorAll("svg.confusion"),
@@ -65,14 +66,14 @@ def chromium(page: Path, *flags: str) -> str:
     return done.stdout
 
 
-def render(page_html: str, folder: Path) -> tuple[dict, Image.Image]:
-    """What the browser laid out (the probe's JSON) and the screenshot of the same page."""
-    page = folder / "page.html"
+def render(page_html: str, folder: Path, name: str) -> tuple[dict, Image.Image]:
+    """What the browser laid out (the probe's JSON) and the screenshot of the page, saved as ``folder/name``."""
+    page = folder / name
     page.write_text(page_html.replace("</body>", PROBE + "</body>"))
     dom = chromium(page, "--dump-dom")
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, f"the probe did not run; the page as dumped ends with: {dom[-500:]}"
-    shot = folder / "shot.png"
+    shot = folder / f"{page.stem}.png"
     chromium(page, f"--screenshot={shot}")
     return json.loads(html.unescape(found.group(1))), Image.open(shot).convert("RGB")
 
@@ -106,13 +107,23 @@ def test_the_accuracy_range_runs_from_just_below_the_lowest_accuracy_to_1():
 # --- the pages in the browser ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def evaluation_page(tmp_path_factory) -> tuple[dict, Image.Image]:
-    return render(html_report(sample_evaluation(), RUN), tmp_path_factory.mktemp("evaluation"))
+def run_folder(tmp_path_factory) -> Path:
+    """Both pages side by side, as a local run's folder holds them."""
+    return tmp_path_factory.mktemp("run")
 
 
 @pytest.fixture(scope="module")
-def training_page(tmp_path_factory) -> tuple[dict, Image.Image]:
-    return render(training_report(sample_history(), TRAINING), tmp_path_factory.mktemp("training"))
+def evaluation_page(run_folder) -> tuple[dict, Image.Image]:
+    return render(html_report(sample_evaluation(), RUN), run_folder, EVALUATION_PAGE)
+
+
+@pytest.fixture(scope="module")
+def training_page(run_folder) -> tuple[dict, Image.Image]:
+    return render(training_report(sample_history(), TRAINING), run_folder, TRAINING_PAGE)
+
+
+def test_each_page_links_to_the_other_by_its_name_in_the_run_folder(evaluation_page, training_page):
+    assert evaluation_page[0]["links"] == [TRAINING_PAGE] and training_page[0]["links"] == [EVALUATION_PAGE]
 
 
 def test_the_evaluation_page_shows_the_verdict_both_models_and_the_interval(evaluation_page):

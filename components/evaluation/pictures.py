@@ -61,7 +61,10 @@ def confusion_svg(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -
         f'<text x="12" y="{top + n * cell / 2:.0f}" font-size="12" text-anchor="middle" '
         f'transform="rotate(-90 12 {top + n * cell / 2:.0f})">true class</text>',
     ]
+    every = -(-12 // cell)  # label every k-th class, so labels 11 px high do not overlap in small cells
     for i, name in enumerate(names):
+        if i % every:
+            continue
         middle = i * cell + cell / 2
         parts.append(f'<text x="{left - 4}" y="{top + middle + 4:.1f}" font-size="11" text-anchor="end">{html.escape(name)}</text>')
         parts.append(f'<text x="{left + middle + 4:.1f}" y="{top - 4}" font-size="11" '
@@ -79,7 +82,8 @@ def _cell(count: int, row_total: int, diagonal: bool, x: int, y: int, size: int,
     strength = FAINTEST + (1 - FAINTEST) * count / row_total if count else 0.0
     fill = _shade(DIAGONAL if diagonal else ERROR, strength)
     tip = f"<title>true {html.escape(true)}, predicted {html.escape(predicted)}: {count}</title>"
-    box = f'<rect x="{x}" y="{y}" width="{size}" height="{size}" fill="{fill}" stroke="#ddd">{tip}</rect>'
+    edge = ' stroke="#ddd"' if size >= 10 else ""  # a grid line in a tiny cell would be all one sees
+    box = f'<rect x="{x}" y="{y}" width="{size}" height="{size}" fill="{fill}"{edge}>{tip}</rect>'
     if n > COUNTS_UP_TO or not count:
         return box
     ink = "#fff" if strength > 0.5 else "#222"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from components.evaluation.evaluate import EvalResult, MistakeSample
 from components.evaluation.pictures import COUNTS_UP_TO, MAX_MATRIX_CLASSES, confusion_svg
 from components.evaluation.step import Evaluation
-from components.training.report import shown_settings
+from components.training.report import TRAINING_PAGE, shown_settings
 
 NOT_SCORED = "not scored"
 SHOWN_SIDE = 84  # CSS pixels a small test image is enlarged to (whole multiples: pixels stay square)
@@ -132,7 +132,8 @@ def markdown_report(e: Evaluation, run: RunInfo) -> str:
         if len(e.candidate.class_names) <= COUNTS_UP_TO:
             lines += ["## Confusion matrix of the challenger", "", *_md_table(confusion_table(e.candidate)), ""]
     lines += ["## Run", "", *_md_table(run_table(e, run)), "", "## Training parameters", "", _md_settings(e), "",
-              "The confusion matrix as a picture and the misclassified test images are in this step's HTML report.", ""]
+              "The confusion matrix as a picture and the misclassified test images are in this step's HTML report; "
+              f"the training curves in the training report ({TRAINING_PAGE} in the run folder).", ""]
     return "\n".join(lines)
 
 
@@ -170,7 +171,9 @@ def html_report(e: Evaluation, run: RunInfo) -> str:
     if _scored(e.candidate):
         parts += [_confusion_section(e.candidate), _mistakes_section(e.mistakes, e.candidate.class_names),
                   "<h3>Per class</h3>", _html_table(class_table(e), "classes")]
-    parts += ["<h3>Run</h3>", _html_table(run_table(e, run), "run"), "<h3>Training parameters</h3>", _html_settings(e)]
+    parts += ["<h3>Run</h3>", _html_table(run_table(e, run), "run"), "<h3>Training parameters</h3>", _html_settings(e),
+              f"<p>Training curves: <a href='{TRAINING_PAGE}'>the training report</a> ({TRAINING_PAGE}, next to this page "
+              "in the run folder).</p>"]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation {html.escape(run.run_id)}</title>"
             f"<style>{STYLE}</style></head><body><h2>Evaluation report</h2>{''.join(parts)}</body></html>")
 

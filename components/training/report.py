@@ -16,6 +16,8 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 120, 30, 44  # margins: y tick labels, the legend
 COLOURS = ("#1f77b4", "#d62728")
 MARKERS_UP_TO = 40  # epochs up to which each point gets a dot (a single epoch is a dot, not a line)
 HIDDEN_SETTINGS = ("store_uri",)  # where the store is says nothing about the model, and may name an account
+# The two pages' file names in a local run's folder (.work/runs/<run id>/), where each links to the other.
+TRAINING_PAGE, EVALUATION_PAGE = "report.html", "evaluation.html"
 
 
 def shown_settings(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -105,5 +107,7 @@ def training_report(history: list[dict[str, Any]], config: dict[str, Any]) -> st
         f"{loss} {accuracy}"
         "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>epoch</th><th>loss</th><th>train acc</th>"
         f"<th>val loss</th><th>val acc</th><th>comm+wait</th><th>seconds</th></tr>{rows}</table>"
-        f"<p style='color:#555;font-size:12px'>{settings}</p></body></html>"
+        f"<p style='color:#555;font-size:12px'>{settings}</p>"
+        f"<p>The gate's verdict on this model: <a href='{EVALUATION_PAGE}'>the evaluation report</a> "
+        f"({EVALUATION_PAGE}, next to this page in the run folder).</p></body></html>"
     )
