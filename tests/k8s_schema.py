@@ -20,7 +20,9 @@ INFERENCE_SERVICE_CRD = "serving.kserve.io_inferenceservices.yaml"  # the newest
 INFERENCE_SERVICE_CRDS = ("serving.kserve.io_inferenceservices-v0.18.yaml", INFERENCE_SERVICE_CRD)
 
 requires_schemas = pytest.mark.skipif(not all((SCHEMAS / f).is_file() for f in INFERENCE_SERVICE_CRDS),
-                                      reason=f"KServe CRD schemas {INFERENCE_SERVICE_CRDS} are absent from {SCHEMAS}")
+                                      reason=f"needs the KServe CRD schemas {' and '.join(INFERENCE_SERVICE_CRDS)} "
+                                             "(from kserve/kserve config/crd/full/: the -v0.18 one at tag v0.18.0, the other at master) in ../shared/schemas/ "
+                                             f"beside this clone ({SCHEMAS}, absent): put them there to run these checks")
 
 
 @cache

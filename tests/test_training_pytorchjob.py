@@ -68,7 +68,9 @@ def strict(schema: dict) -> dict:
 @pytest.fixture(scope="module")
 def crd_schema() -> dict:
     if not (SCHEMAS / PYTORCHJOB_CRD).is_file():
-        pytest.skip(f"no CRD schemas at {SCHEMAS}")
+        pytest.skip(f"needs the Training Operator CRD schema {PYTORCHJOB_CRD} (from kubeflow/training-operator "
+                    f"manifests/base/crds/, branch release-1.9) in ../shared/schemas/ beside this clone ({SCHEMAS}, "
+                    "absent): put it there to run these checks")
     return strict(k8s_schema.crd_schema(PYTORCHJOB_CRD, "v1"))
 
 

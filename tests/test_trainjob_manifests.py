@@ -37,7 +37,9 @@ BLOB = "https://acct.blob.core.windows.net/data/kfp"
 TRAINJOB_SCHEMAS = ["trainer.kubeflow.org_trainjobs-v2.2.yaml", "trainer.kubeflow.org_trainjobs.yaml"]
 RUNTIME_SCHEMAS = ["trainer.kubeflow.org_clustertrainingruntimes-v2.2.yaml", "trainer.kubeflow.org_clustertrainingruntimes.yaml"]
 requires_schemas = pytest.mark.skipif(not all((SCHEMAS / f).is_file() for f in TRAINJOB_SCHEMAS + RUNTIME_SCHEMAS),
-                                      reason=f"no Trainer CRD schemas at {SCHEMAS}")
+                                      reason=f"needs the Kubeflow Trainer CRD schemas {', '.join(TRAINJOB_SCHEMAS + RUNTIME_SCHEMAS)} "
+                                             "(from kubeflow/trainer manifests/base/crds/: the -v2.2 ones at tag v2.2.0, the others at v2.3.0) in ../shared/schemas/ "
+                                             f"beside this clone ({SCHEMAS}, absent): put them there to run these checks")
 
 
 def cluster_config(**overrides: Any) -> TrainConfig:
