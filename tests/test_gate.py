@@ -65,7 +65,7 @@ def test_a_candidate_like_production_is_compared_on_accuracy(prepared, tmp_path:
     promote_champion(prepared.store_uri, name, make_version_folder(tmp_path / "champion", seed=1))
     result = evaluate(prepared, name, DIGITS, tmp_path)
     assert result.champion is not None and result.champion.count == result.candidate.count == 179
-    assert "production scored" in result.verdict.reason
+    assert "production version 1 scored" in result.verdict.reason
 
 
 def test_the_evaluation_records_the_data_hash_the_training_settings_and_the_mistakes(prepared, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ class EvalResult:
 class Mistake:
     """One misclassified test image, as the PNG thumbnail the report shows."""
 
-    png: bytes
+    png: bytes = field(repr=False)
     width: int
     height: int
     true: int
