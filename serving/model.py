@@ -5,6 +5,10 @@ against ``MANIFEST.json``, runs one forward pass, and only then sets ``ready``. 
 decodes the request (:mod:`serving.codec`), runs the forward pass through the batcher
 (:mod:`serving.batching`, off the event loop) and answers v1 with a dict and v2 with an
 ``InferResponse``. Bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400).
+
+The registry version it serves (``version`` in ``MANIFEST.json``, which the registry writes once and a
+pinned URI fixes) is on every inference answer: the :data:`VERSION_HEADER` header (v1 and v2) and the v2
+``model_version`` field; :class:`serving.protocol.ValidatingDataPlane` lists it in ``GET /v2/models/NAME``.
 """
 
 from __future__ import annotations
@@ -46,12 +50,14 @@ from serving.protocol import binary_values
 
 logger = logging.getLogger(__name__)
 DEFAULT_MAX_INSTANCES = 64
+VERSION_HEADER = "x-model-version"
 
 
 class ImageClassifier(Model):
     def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None,
                  max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1):
-        super().__init__(name)
+        # With response headers, KServe hands predict() the dict its HTTP answer's headers come from.
+        super().__init__(name, return_response_headers=True)
         self.model_uri = model_uri
         self.max_instances = max_instances
         self.max_request_pixels = max_request_pixels
@@ -82,6 +88,13 @@ class ImageClassifier(Model):
         self.ready = True
         return self.ready
 
+    @property
+    def version(self) -> str | None:
+        """The registry version served, as ``MANIFEST.json`` names it; None before ``load`` or for a folder
+        that was never registered (its manifest names no version)."""
+        version = self.manifest.get("version")
+        return None if version is None else str(version)
+
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
@@ -100,6 +113,8 @@ class ImageClassifier(Model):
 
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        if response_headers is not None and self.version is not None:
+            response_headers[VERSION_HEADER] = self.version
         if isinstance(payload, InferRequest):
             return await self._infer_v2(payload)
         batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
@@ -125,6 +140,7 @@ class ImageClassifier(Model):
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,
+            model_version=self.version,
             infer_outputs=encode_v2(probs, self.spec, batch.top_k),
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,

@@ -9,14 +9,15 @@ app before the server starts, makes the server's answers:
 - invalid JSON or a body that is not an inference request: 400 ``{"error": "..."}``;
 - every v2 body, JSON or the binary tensor extension, parsed strictly (:func:`parse_infer_body`), raw
   BYTES kept as bytes; the inference routes themselves are :mod:`serving.routes`;
-- what this server does not offer (explain, model versions), which KServe answers with 501: 404;
-  the model-repository endpoints: 403 (:class:`NotOffered`).
+- what this server does not offer (explain, paths that name a model version), which KServe answers
+  with 501: 404; the model-repository endpoints: 403 (:class:`NotOffered`);
+- ``GET /v2/models/NAME`` with the one version served in ``versions`` (KServe leaves it null).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -167,7 +168,8 @@ class NotOffered:
 def refuse(method: str, path: str, query_string: bytes) -> tuple[int, str] | None:
     """The status and message for a request this server does not serve, or None (other methods on these
     paths go on to the router, which answers 405)."""
-    offered = "this server serves one unversioned model per name: /v1/models/NAME:predict and /v2/models/NAME/infer"
+    offered = ("this server serves one version of each model, named in GET /v2/models/NAME, and is called without it: "
+               "/v1/models/NAME:predict and /v2/models/NAME/infer")
     if method not in ("GET", "POST"):
         return None
     if path.startswith("/v2/repository/") and method == "POST":
@@ -249,14 +251,30 @@ def binary_values(chunk: bytes, datatype: str, name: str) -> Any:
     return np.frombuffer(chunk, dtype=dtype)
 
 
+@runtime_checkable
+class Versioned(Protocol):
+    """A model that knows which registry version it serves (:class:`serving.model.ImageClassifier`, which
+    imports this module, so it is named by its shape here)."""
+
+    @property
+    def version(self) -> str | None: ...
+
+
 class ValidatingDataPlane(DataPlane):
     """KServe's data plane with :func:`parse_infer_body` for v2 bodies (:mod:`serving.routes` hands
-    every REST v2 body over as bytes)."""
+    every REST v2 body over as bytes), and model metadata that names the version served."""
 
     def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
         if isinstance(body, bytes):
             return parse_infer_body(body, headers.get(INFERENCE_CONTENT_LENGTH_HEADER), model_name)
         return super().decode_inference_request(body, headers, model_name)
+
+    async def model_metadata(self, model_name: str) -> dict:
+        metadata = await super().model_metadata(model_name)  # raises ModelNotFound (404) for an unknown name
+        model = self.get_model_from_registry(model_name)
+        if isinstance(model, Versioned) and model.version is not None:
+            metadata["versions"] = [model.version]
+        return metadata
 
 
 # -- logging ------------------------------------------------------------------------------------------------------

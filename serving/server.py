@@ -8,7 +8,7 @@ one unauthenticated ``RepositoryModelUnload`` removes the model while the health
 - on ``listen_address`` (127.0.0.1 unless told otherwise; the cluster's container passes 0.0.0.0);
 - HTTP through :func:`serving.http_limits.limited_protocol` (header limits, request timeout, connection cap);
 - gRPC only when asked for, with the repository RPCs answered PERMISSION_DENIED (the REST ones are refused
-  by :class:`serving.protocol.NotOffered`).
+  by :class:`serving.protocol.NotOffered`), and ``ModelMetadata`` with the version served (KServe's drops it).
 """
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ class HardenedModelServer(ModelServer):
 
 class NoRepositoryServicer(InferenceServicer):
     """The Open Inference Protocol servicer without its model-repository RPCs (they share one gRPC service)."""
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: aio.ServicerContext) -> pb.ModelMetadataResponse:  # noqa: N802
+        # KServe's copies every field of the data plane's answer but versions.
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(name=metadata["name"], versions=metadata.get("versions") or [], platform=metadata["platform"],
+                                        inputs=metadata["inputs"], outputs=metadata["outputs"])
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext) -> None:  # noqa: N802
         raise PermissionDenied(REPOSITORY_DISABLED)

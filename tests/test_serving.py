@@ -18,11 +18,14 @@ import orjson
 import pytest
 import requests
 from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from PIL import Image
 
 from components.imagefile import decode_fit
-from components.modelfile import METRICS_FILE, WEIGHTS_FILE
+from components.modelfile import MANIFEST_FILE, METRICS_FILE, WEIGHTS_FILE
 from serving.client import infer_v2, infer_v2_images, model_metadata, predict_v1, predict_v1_images, v2_classes, v2_output
+from serving.model import VERSION_HEADER
 from tests.conftest import SERVED_MODEL as MODEL
 from tests.conftest import free_port, make_version_folder, start_predictor
 
@@ -104,6 +107,40 @@ def test_metadata_describes_the_real_inputs_and_outputs(predictor):
     assert outputs["probabilities"]["shape"] == [-1, 10] and outputs["class"]["datatype"] == "INT64"
     assert set(outputs) == {"probabilities", "class", "label", "top_k_classes", "top_k_probabilities"}
     assert requests.get(f"{predictor}/v2/models/{MODEL}/ready", timeout=5).json() == {"name": MODEL, "ready": True}
+
+
+def test_metadata_and_every_inference_answer_name_the_version_served(predictor, served_version):
+    """The version in the served MANIFEST.json (the registry's number), over HTTP: metadata, header, v2 body."""
+    version = str(json.loads((served_version / MANIFEST_FILE).read_text())["version"])
+    assert model_metadata(predictor, MODEL)["versions"] == [version]
+    answers = {
+        "v1": requests.post(f"{predictor}/v1/models/{MODEL}:predict", json={"instances": [GOOD]}, timeout=30),
+        "v1 b64": post(predictor, f"/v1/models/{MODEL}:predict", v1([{"b64": b64(PNG)}])),
+        "v2": post(predictor, f"/v2/models/{MODEL}/infer", v2([1, 1, 28, 28], [0.0] * 784)),
+        "v2 binary": post(predictor, f"/v2/models/{MODEL}/infer", v2([1, 1, 28, 28], [0.0] * 784, parameters={"binary_data_output": True})),
+    }
+    for kind, response in answers.items():
+        assert response.status_code == 200, (kind, response.text)
+        assert response.headers.get(VERSION_HEADER) == version, (kind, dict(response.headers))
+    assert answers["v2"].json()["model_version"] == version
+
+
+def test_grpc_metadata_and_answers_name_the_version_served(predictor_grpc, served_version):
+    version = str(json.loads((served_version / MANIFEST_FILE).read_text())["version"])
+
+    async def call():
+        client = InferenceGRPCClient(predictor_grpc)
+        tensor = InferInput("images", [1, 1, 28, 28], "FP32")
+        tensor.set_data_from_numpy(pixels(1), binary_data=True)
+        try:
+            return await client.infer(InferRequest(MODEL, [tensor]))
+        finally:
+            await client.close()
+
+    with grpc.insecure_channel(predictor_grpc) as channel:
+        metadata = GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=30)
+    assert list(metadata.versions) == [version]
+    assert asyncio.run(call()).model_version == version
 
 
 def test_kserve_inference_rest_client_interoperates(predictor):
@@ -311,7 +348,7 @@ def test_endpoints_it_does_not_offer_are_4xx_and_the_model_stays_ready(predictor
         post(predictor, f"/v2/models/{MODEL}/infer?model_version=1", v2([1, 1, 28, 28], [0.0] * 784)),
         post(predictor, f"/v1/models/{MODEL}:explain", v1([GOOD])),
     ):
-        assert response.status_code == 404 and "this server serves one unversioned model per name" in response.json()["error"]
+        assert response.status_code == 404 and "serves one version of each model, named in GET /v2/models/NAME" in response.json()["error"]
     unknown_path = requests.get(f"{predictor}/v3/anything", timeout=30)
     assert unknown_path.status_code == 404 and unknown_path.json() == {"error": "Not Found"}
     assert requests.get(f"{predictor}/v2/models/{MODEL}/ready", timeout=30).status_code == 200
