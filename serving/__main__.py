@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         # A tampered or incomplete version must never become ready: say why and exit non-zero.
         logging.getLogger("serving").error("refusing to serve %s: %s", args.model_uri, exc)
         sys.exit(2)
+    serve([model], args)
+
+
+def serve(models: list[ImageClassifier], args: argparse.Namespace) -> None:
+    """Serve loaded ``models`` from this process with the network and logging options in ``args``; returns
+    when the server stops. ``main`` serves one; a test serves two (what a client sees from a server with several)."""
     # Everything imported and loaded so far lives as long as the server: keep the garbage collector from
     # walking those millions of objects in every full collection (a pause of tens of milliseconds per request
     # that happens to wait behind it).
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         # logging" means none (Prometheus keeps the latency histograms). Set after ModelServer configures logging.
         logging.getLogger(kserve_logging.KSERVE_TRACE_LOGGER_NAME).setLevel(logging.WARNING)
     protocol.install(server, kserve_server.app, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    server.start([model])
+    server.start(models)
 
 
 def network_settings(args: argparse.Namespace) -> NetworkSettings:

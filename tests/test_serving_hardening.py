@@ -355,12 +355,21 @@ def test_a_non_ascii_digit_in_content_length_is_400(predictor):
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    seen: list[str | None] = []
+    """A server that lists one model and answers any prediction, recording each request's method and token."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        _Recorder.seen.append(("GET", self.headers.get("Authorization")))
+        self._answer({"models": [MODEL]})
+
+    def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
-        _Recorder.seen.append(self.headers.get("Authorization"))
-        body = json.dumps({"predictions": [{"class": 0, "label": "0", "probabilities": [1.0]}]}).encode()
+        _Recorder.seen.append(("POST", self.headers.get("Authorization")))
+        self._answer({"predictions": [{"class": 0, "label": "0", "probabilities": [1.0]}]})
+
+    def _answer(self, payload: dict) -> None:
+        body = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -395,7 +404,9 @@ def test_the_client_sends_the_token_from_a_file_or_the_environment(recorder, tmp
     assert run_client(recorder, image, "--token-file", str(token_file), env={"PREDICTOR_TOKEN": "from-env"}).returncode == 0
     assert run_client(recorder, image, env={"PREDICTOR_TOKEN": "from-env"}).returncode == 0
     assert run_client(recorder, image).returncode == 0
-    assert _Recorder.seen == ["Bearer from-file", "Bearer from-env", None]
+    # Without --model the client first asks which model the server serves: with the same token.
+    expected = ["Bearer from-file", "Bearer from-env", None]
+    assert _Recorder.seen == [(method, token) for token in expected for method in ("GET", "POST")]
 
 
 def test_the_client_refuses_a_token_on_the_command_line(recorder, tmp_path):
