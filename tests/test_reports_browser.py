@@ -88,6 +88,28 @@ def overlaps(a: dict, b: dict) -> bool:
     return a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
 
 
+# --- .ci/install-browser ---------------------------------------------------------------------------------
+
+INSTALL = Path(__file__).resolve().parents[1] / ".ci" / "install-browser"
+
+
+def test_the_install_script_does_nothing_when_the_browser_is_there():
+    browser()
+    done = subprocess.run([str(INSTALL)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"{BROWSER}: already installed" in done.stdout
+
+
+def test_the_install_script_says_what_to_install_where_it_cannot_install(tmp_path):
+    """A PATH with only bash and id on it: no browser and no apt-get, so nothing can be installed here."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "id"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run([str(tools / "bash"), str(INSTALL)], capture_output=True, text=True, timeout=60, env={"PATH": str(tools)})
+    assert done.returncode == 0, done.stderr
+    assert f"{BROWSER}: not installed" in done.stdout and f"apt-get install {BROWSER}" in done.stdout
+
+
 # --- the chart arithmetic (no browser) -------------------------------------------------------------------
 
 @pytest.mark.parametrize(
