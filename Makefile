@@ -32,8 +32,8 @@ $(NODE_STAMP): package.json package-lock.json
 run: setup ## run the whole pipeline locally (kfp.local), deploy it, print a REST prediction
 	$(PY) -m pipelines run --local --workdir $(WORKDIR)
 
-stop: ## stop the local model server started by `make run`
-	@if [ -x $(PY) ]; then $(PY) -m pipelines stop --workdir $(WORKDIR); else echo "nothing to stop"; fi
+stop: ## stop every local model server this checkout started (`make run`, any --workdir)
+	@if [ -x $(PY) ]; then $(PY) -m pipelines stop; else echo "nothing to stop"; fi
 
 test: setup ## run the test suite
 	$(PY) -m pytest
@@ -63,5 +63,19 @@ lock: ## re-resolve the pinned trees: requirements.lock (runtime) and requiremen
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' | grep -vxFf requirements.lock > requirements-test.lock
 	rm -rf .lock-venv
 
-clean: stop ## remove local run outputs (keeps .venv)
-	rm -rf $(WORKDIR) build
+# A model registry is the one thing here a rerun cannot give back: deleting one is asked first (FORCE=1 skips
+# the question), and where nobody can answer (CI=true, no terminal) it is refused instead of waiting.
+clean: ## remove local run outputs (keeps .venv); asks first if that deletes a model registry (FORCE=1: no question)
+	@versions=$$(ls -d $(WORKDIR)/store/models/*/versions/* 2>/dev/null | wc -l); \
+	if [ "$$versions" -gt 0 ] && [ "$(FORCE)" != 1 ]; then \
+	  if { [ -n "$$CI" ] && [ "$$CI" != false ]; } || [ ! -t 0 ]; then \
+	    echo "error: $(WORKDIR)/store holds a model registry ($$versions versions) and there is no terminal to ask on;" \
+	      "run make clean FORCE=1 to delete it" >&2; \
+	    exit 1; \
+	  fi; \
+	  read -r -p "$(WORKDIR)/store holds a model registry ($$versions versions). Delete it with the rest of $(WORKDIR)? [y/N] " answer; \
+	  case "$$answer" in [yY]|[yY][eE][sS]) ;; *) echo "kept $(WORKDIR): nothing deleted"; exit 0;; esac; \
+	fi; \
+	if [ -x $(PY) ]; then $(PY) -m pipelines stop --workdir $(WORKDIR); fi; \
+	rm -rf $(WORKDIR) build; \
+	echo "removed $(WORKDIR) and build"

@@ -1,9 +1,9 @@
 """The command line: ``python -m pipelines compile|run|stop …``.
 
     python -m pipelines compile --output pipeline.yaml
-    python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …]
+    python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …] [-v]
     python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
-    python -m pipelines stop [--workdir DIR]
+    python -m pipelines stop [--workdir DIR]   (without --workdir: every server this checkout started)
     python -m pipelines data put (FOLDER | --sample) --to URI
     python -m pipelines registry list|show|promote|rollback|history --store URI --model NAME …
     python -m pipelines upload|submit|schedule --namespace NS …   (a Kubeflow Pipelines endpoint)
@@ -63,14 +63,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     kserve_target({**pipeline_defaults(), **overrides})  # so are a bad deployment_mode and canary_percent
     if not args.in_process:
         return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
+    from pipelines.run_folder import new_run_folder
+
     if sys.stdout.isatty():
         os.environ[PROGRESS_TTY_ENV] = "1"  # the training step draws its progress bar on this terminal
     arguments = local_run.local_arguments(args.workdir, args.data_uri, overrides)
     store = local_run.open_run_store(arguments)  # this process's one client; the steps open their own
+    local_run.check_before_run({**pipeline_defaults(), **arguments}, store, sys.stdout)  # seconds, not after training
     run_root = local_run.new_run_root(args.workdir)
+    folder = new_run_folder(args.workdir, run_root.name)
     with local_run.stopping_descendants_on_sigterm():
-        local_run.run_local(run_root, arguments)
-    summary = local_run.summarize(store, args.workdir, arguments, model_name, local_run.pushed_version(run_root))
+        reports = local_run.run_followed(run_root, folder, arguments, verbose=args.verbose)
+    summary = local_run.summarize(store, args.workdir, arguments, model_name, local_run.pushed_version(run_root), reports)
     print(local_run.format_summary(summary, args.workdir))
     return 0
 
@@ -108,6 +112,8 @@ def run_argv(args: argparse.Namespace) -> list[str]:
     argv = ["run", "--local", "--workdir", str(args.workdir)]
     if args.data_uri:
         argv += ["--data-uri", args.data_uri]
+    if args.verbose:
+        argv.append("--verbose")
     for pair in args.param:
         argv += ["--param", pair]
     return argv
@@ -144,10 +150,42 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    from components.deploy.local import stop
+    """Stop the server of ``--workdir``, or without it every server this checkout started (any work dir)."""
+    from components.deploy.local import CHECKOUT, stop, stop_all
+    from pipelines.local_run import DEFAULT_WORKDIR
 
-    stopped = stop(args.workdir.resolve() / "serving")
-    print(f"stopped the server at {stopped.url} (pid {stopped.pid})" if stopped else "no local server is running")
+    if args.workdir is not None:
+        found = stop(args.workdir.resolve() / "serving")
+        stopped = [found] if found else []
+    else:  # the default work dir first: it also holds servers started before servers were marked
+        stopped = [e for e in [stop(DEFAULT_WORKDIR.resolve() / "serving")] if e] + stop_all()
+    for endpoint in stopped:
+        print(f"stopped the server at {endpoint.url} (pid {endpoint.pid}, log {endpoint.log})")
+    if not stopped:
+        where = args.workdir if args.workdir is not None else f"any work dir of {CHECKOUT}"
+        print(f"no local server is running (looked in {where})")
+
+
+class RunHelp(argparse.Action):
+    """``run --help``: the usual help, then the pipeline's parameters with their defaults and descriptions
+    (the pipeline is imported only now, so other commands' help stays quick)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help and the pipeline's parameters")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        import shutil
+
+        from pipelines.params import parameter_help
+        from pipelines.pipeline import training_pipeline
+
+        set_by_run = {"data_uri": "--data-uri; default: the bundled sample", "store_uri": "default: WORKDIR/store",
+                      "local_state_dir": "default: WORKDIR/serving", "code_version": "set to the git commit"}
+        width = shutil.get_terminal_size((100, 24)).columns
+        table = parameter_help(training_pipeline.component_spec.inputs or {}, width, set_by_run)
+        parser.print_help()
+        print(f"\npipeline parameters (--param NAME=VALUE; shown with their defaults):\n{table}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,11 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="write the pipeline package for the Kubeflow UI")
     p.add_argument("--output", type=Path, required=True, help="path of the YAML package to write")
     p.set_defaults(func=cmd_compile)
-    p = sub.add_parser("run", help="run the pipeline (--local: on this machine under kfp.local)")
+    p = sub.add_parser("run", help="run the pipeline (--local: on this machine under kfp.local)", add_help=False)
+    p.add_argument("-h", "--help", action=RunHelp)
     p.add_argument("--local", action="store_true", help="run under kfp.local with local processes")
     p.add_argument("--data-uri", help="raw data (default: the bundled digits sample, written under WORKDIR/data)")
     p.add_argument("--workdir", type=Path, default=Path(".work"), help="local store, KFP outputs and server state")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable; listed below)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show kfp.local's own output (every step's log as it runs) instead of one line per step")
     # Internal: the supervised child that runs the pipeline itself (see local_run.run_supervised).
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
@@ -171,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "does (`python -m pipelines registry show` prints it); without it the rendered URI is unpinned")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
     p.set_defaults(func=cmd_render)
-    p = sub.add_parser("stop", help="stop the local model server that `run --local` started")
-    p.add_argument("--workdir", type=Path, default=Path(".work"))
+    p = sub.add_parser("stop", help="stop the local model servers that `run --local` started")
+    p.add_argument("--workdir", type=Path, help="only the server of this work dir (default: every server this checkout "
+                   "started, under any work dir)")
     p.set_defaults(func=cmd_stop)
     add_data_commands(sub)
     add_registry_commands(sub)

@@ -7,6 +7,8 @@ REST, so what it prints is what the store and the server actually hold.
 
 Each run keeps its kfp.local outputs under a root of its own (``WORKDIR/kfp-root/<time>-<id>``), so its
 summary reads the version its own push step registered, even when other runs push to the same registry.
+Its step logs and reports go to ``WORKDIR/runs/<time>-<id>/`` (:mod:`pipelines.run_folder`), and the console
+shows one line per step (:mod:`pipelines.run_progress`) after a preflight (:mod:`pipelines.preflight`).
 
 :func:`run_supervised` runs all of that in a child process in a process group of its own, with this
 process as the subreaper of everything below it. A terminal's Ctrl-C then reaches only this process, which
@@ -25,12 +27,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -41,11 +43,13 @@ from components.errors import ProjectError
 from components.registry import Registry, split_pinned
 from components.store import Store, open_store
 from pipelines.pipeline import training_pipeline
+from pipelines.preflight import preflight
+from pipelines.run_folder import LATEST, LOGS, collect_reports, task_output
+from pipelines.run_progress import RunProgress, StepFailed, announce, following, key_figure, shown_path
 from serving.client import predict_v1
 
 DEFAULT_WORKDIR = Path(".work")
 PUSH_TASK = "push-model"  # the push step's task name in the pipeline
-EXECUTOR_OUTPUT = "executor_output.json"  # where kfp.local writes a task's output parameters
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_S = 30.0  # time for steps to clean up (a kserve deploy rolls back) before SIGKILL
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -87,6 +91,35 @@ def new_run_root(workdir: Path) -> Path:
     return workdir.resolve() / "kfp-root" / f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+def check_before_run(params: Mapping[str, Any], store: Store, console: TextIO) -> None:
+    """The preflight (:func:`pipelines.preflight.preflight`), in one console line; raises what it found wrong."""
+    started = time.monotonic()
+    try:
+        found = preflight(params, store)
+    except ProjectError:
+        announce(console, "preflight", f"FAILED after {time.monotonic() - started:.1f}s")
+        raise
+    announce(console, "preflight", f"ok in {time.monotonic() - started:.1f}s: {found}")
+
+
+def run_followed(run_root: Path, folder: Path, arguments: dict[str, Any], verbose: bool = False) -> list[Path]:
+    """:func:`run_local` with one console line per step and each step's log under ``folder``; return the reports
+    copied into ``folder`` (also after a failure). A failed step raises :class:`StepFailed`."""
+    progress = RunProgress(folder / LOGS, sys.stdout, lambda task: key_figure(task, task_output(run_root, task) or {}), verbose)
+    announce(sys.stdout, "run", f"{run_root.name}: step logs and reports in {shown_path(folder)}/ "
+                                f"(also {shown_path(folder.parent / LATEST)}/){'' if verbose else '; -v shows all output'}")
+    try:
+        with following(progress):
+            run_local(run_root, arguments)
+    except RuntimeError:  # kfp.local's "Pipeline … finished with status FAILURE"; the step's own reason is better
+        if progress.failure is None:
+            raise
+        raise StepFailed(progress.failure) from None
+    finally:
+        reports = collect_reports(run_root, folder, training_pipeline.pipeline_spec)
+    return reports
+
+
 def run_local(run_root: Path, arguments: dict[str, Any]) -> None:
     """Run the pipeline to completion with its outputs under ``run_root``; raises when a step fails."""
     from kfp import local
@@ -97,14 +130,13 @@ def run_local(run_root: Path, arguments: dict[str, Any]) -> None:
 
 def pushed_version(run_root: Path) -> int:
     """The registry version this run's push step registered (its output parameter ``version``)."""
-    outputs = sorted(run_root.glob(f"*/{PUSH_TASK}/{EXECUTOR_OUTPUT}"))
-    if len(outputs) != 1:
-        raise ProjectError(f"expected one {PUSH_TASK} output under {run_root}, found {len(outputs)}: the run did not push a version")
+    output = task_output(run_root, PUSH_TASK)
+    if output is None:
+        raise ProjectError(f"expected one {PUSH_TASK} output under {run_root}, found none: the run did not push a version")
     try:
-        version = json.loads(outputs[0].read_text())["parameterValues"]["version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ProjectError(f"expected parameterValues.version in {outputs[0]}: {exc!r}") from None
-    return int(version)
+        return int(output["parameterValues"]["version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProjectError(f"expected parameterValues.version in the {PUSH_TASK} output under {run_root}: {exc!r}") from None
 
 
 @dataclass
@@ -117,15 +149,18 @@ class Summary:
     url: str | None
     prediction: dict[str, Any] | None
     true_label: str | None
+    reports: list[Path] = field(default_factory=list)
 
 
-def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str, version: int) -> Summary:
+def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str, version: int,
+              reports: Sequence[Path] = ()) -> Summary:
     """What the run left in the registry of ``store`` (``version``: the one it pushed) and, when it deployed,
-    one prediction from the endpoint."""
+    one prediction from the endpoint; ``reports``: the run's report files."""
     registry = Registry(store, model_name)
     manifest = registry.manifest(version)
     verdict = manifest["verdict"]
-    summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None)
+    summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None,
+                      list(reports))
     endpoint = local_server.read_state(Path(arguments["local_state_dir"]))
     # Another run may have replaced the server since: only a server of this version speaks for this run.
     if verdict["decision"] == "accepted" and endpoint is not None and _serves(endpoint, registry.version_uri(version)):
@@ -150,14 +185,16 @@ def _write_requests(workdir: Path, pixels: np.ndarray) -> None:
 
 def format_summary(s: Summary, workdir: Path) -> str:
     lines = ["", "=" * 72, f"test accuracy      {s.accuracy:.4f}", f"registry version   {s.model_name} v{s.version} ({s.decision}: {s.reason})"]
+    reports = [f"{'reports' if i == 0 else '':<19}{shown_path(path)}" for i, path in enumerate(s.reports)]
     if s.url is None:
         why = "the gate rejected the candidate" if s.decision != "accepted" else "no local server serves this version now"
-        lines += [f"endpoint           not deployed ({why})", "=" * 72]
+        lines += [f"endpoint           not deployed ({why})", *reports, "=" * 72]
         return "\n".join(lines)
     top = s.prediction["probabilities"][s.prediction["class"]]
     lines += [
         f"endpoint           {s.url}  (model '{s.model_name}'; stop it with: make stop)",
         f"REST prediction    class {s.prediction['label']} with p={top:.3f} (true label {s.true_label})",
+        *reports,
         "",
         "try it:",
         f"  curl -s -H 'Content-Type: application/json' -d @{workdir}/request-v1.json {s.url}/v1/models/{s.model_name}:predict",

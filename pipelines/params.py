@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,37 @@ def signature_from_component_inputs(inputs: Mapping[str, Any]) -> dict[str, type
     Artifact inputs (types other than KFP's parameter types) are left out: they cannot be given as text.
     """
     return {name: _KFP_TYPES[spec.type] for name, spec in inputs.items() if spec.type in _KFP_TYPES}
+
+
+def parameter_help(inputs: Mapping[str, Any], width: int = 100, set_by_run: Mapping[str, str] | None = None) -> str:
+    """The pipeline's parameters for ``--help``, one per entry: ``NAME=DEFAULT`` (what ``--param`` takes) and
+    the description KFP read from the pipeline function's docstring, wrapped to ``width``.
+
+    ``inputs`` is a compiled pipeline's ``component_spec.inputs``; ``set_by_run`` names parameters that the
+    command fills in itself (name -> how), shown instead of their default.
+    """
+    set_by_run = set_by_run or {}
+    params = {name: spec for name, spec in inputs.items() if spec.type in _KFP_TYPES}
+    heads = {name: _head(name, spec, set_by_run.get(name)) for name, spec in params.items()}
+    column = min(max(map(len, heads.values()), default=0) + 4, width // 3)
+    lines = []
+    for name, spec in params.items():
+        head = f"  {heads[name]}"
+        body = textwrap.wrap(spec.description or "", max(20, width - column)) or [""]
+        if len(head) + 2 > column:  # a long NAME=DEFAULT: the description starts on the next line
+            lines.append(head)
+            head = ""
+        lines += [f"{head:<{column}}{body[0]}", *(" " * column + more for more in body[1:])]
+    return "\n".join(lines)
+
+
+def _head(name: str, spec: Any, set_by_run: str | None) -> str:
+    if set_by_run is not None:
+        return f"{name} ({set_by_run})"
+    if not spec.optional:
+        return f"{name} (required, {_KFP_TYPES[spec.type].__name__})"
+    default = json.dumps(spec.default) if isinstance(spec.default, (bool, list, dict)) or spec.default == "" else spec.default
+    return f"{name}={default}"
 
 
 def _split_pair(pair: str) -> tuple[str, str]:

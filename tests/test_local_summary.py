@@ -1,5 +1,6 @@
 """After concurrent runs, each run's summary names the version that run pushed (read from its own push
-step's output), not the registry's newest; each run keeps its kfp.local outputs in a folder of its own."""
+step's output), not the registry's newest; each run keeps its kfp.local outputs in a folder of its own; the
+summary ends with the paths of the run's reports."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from components.registry import Registry
 from components.store import open_store
-from pipelines.local_run import new_run_root, pushed_version, summarize
+from pipelines.local_run import format_summary, new_run_root, pushed_version, summarize
 from tests.test_registry import MODEL, model_folder
 
 
@@ -49,3 +50,18 @@ def test_a_run_whose_push_step_left_no_output_is_a_clear_error(tmp_path: Path) -
 
     with pytest.raises(ProjectError, match="push-model"):
         pushed_version(new_run_root(tmp_path))
+
+
+def test_the_summary_ends_with_the_runs_reports(store_uri: str, tmp_path: Path) -> None:
+    registry = Registry(open_store(store_uri), MODEL)
+    version = push_run(registry, tmp_path / "src", "mine", 0.5)
+    reports = [tmp_path / "runs" / "r1" / name for name in ("report.html", "data.md", "evaluation.md")]
+    summary = summarize(open_store(store_uri), tmp_path, {"local_state_dir": str(tmp_path / "serving")}, MODEL, version, reports)
+    lines = format_summary(summary, tmp_path).splitlines()
+    assert lines[lines.index(f"registry version   {MODEL} v{version} (rejected: mine below the threshold)") + 1:] == [
+        "endpoint           not deployed (the gate rejected the candidate)",
+        f"reports            {tmp_path}/runs/r1/report.html",
+        f"                   {tmp_path}/runs/r1/data.md",
+        f"                   {tmp_path}/runs/r1/evaluation.md",
+        "=" * 72,
+    ]

@@ -1,11 +1,14 @@
-"""The whole pipeline under kfp.local, through the CLI, as `make run` runs it (smaller: fewer epochs)."""
+"""The whole pipeline under kfp.local, through the CLI, as `make run` runs it (smaller: fewer epochs): one console
+line per step, each step's log and the run's reports in WORKDIR/runs/<run id>/, a failed step's reason last."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +46,26 @@ def test_an_invalid_model_name_is_refused_before_any_step_runs(tmp_path, name):
     assert "Traceback" not in result.stderr and not (tmp_path / "store").exists()  # nothing was prepared or trained
 
 
+def test_a_failed_step_ends_the_output_with_its_name_its_error_line_and_its_log(tmp_path: Path) -> None:
+    """prepare-data runs, train-model refuses the architecture: the reason is on the last lines, not five above."""
+    try:
+        result = subprocess.run([sys.executable, "-m", "pipelines", "run", "--local", "--workdir", str(tmp_path),
+                                 "--param", "arch=nosuch", "--param", f"serving_port={free_port()}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    finally:
+        stop(tmp_path / "serving")
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    run_dir = (tmp_path / "runs" / "latest").resolve()
+    assert re.fullmatch(r"train-model +FAILED after \d+\.\ds", lines[-3]), lines[-3]
+    assert lines[-2].startswith("error: step train-model failed: ValueError: expected arch in (") and lines[-2].endswith("got 'nosuch'")
+    assert lines[-1] == f"  its full log: {run_dir}/logs/train-model.log"
+    assert "Traceback" in (run_dir / "logs" / "train-model.log").read_text()  # the whole story is in the log
+    assert "Traceback" not in result.stdout and "Got executor_input" not in result.stdout and "DockerRunner" not in result.stdout
+    assert [line.split()[1] for line in lines if line.startswith("prepare-data")] == ["started", "done"]
+    assert (run_dir / "data.md").is_file()  # the reports of the steps that ran are collected all the same
+
+
 @pytest.mark.slow
 def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidate(tmp_path):
     port = str(free_port())
@@ -51,6 +74,7 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
                         "--param", "accuracy_threshold=0.8")
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "REST prediction    class" in first.stdout and f"http://127.0.0.1:{port}" in first.stdout
+        assert_followable(first.stdout, tmp_path, epochs=4, port=port)
         registry = Registry(open_store(str(tmp_path / "store")), "digits")
         manifest = registry.manifest(1)
         assert manifest["verdict"]["decision"] == "accepted" and registry.production().version == 1
@@ -92,3 +116,23 @@ def test_whole_pipeline_through_azure_blob_on_azurite(azurite, tmp_path):
         assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].startswith(store_uri)
     finally:
         stop(tmp_path / "serving")
+
+
+def assert_followable(stdout: str, workdir: Path, epochs: int, port: str) -> None:
+    """One line per step as it starts and as it ends with its key figure, one per epoch, no kfp.local noise;
+    each step's log and the reports (with extensions) in the run's folder, their paths in the summary."""
+    steps = ["prepare-data", "train-model", "evaluate-model", "push-model", "deploy-model"]
+    lines = stdout.splitlines()
+    assert [(line.split()[0], line.split()[1]) for line in lines if line.split()[:1] and line.split()[0] in steps and
+            line.split()[1] in ("started", "done")] == [(step, event) for step in steps for event in ("started", "done")]
+    assert len([line for line in lines if line.startswith("train-model     epoch ")]) == epochs
+    figures = {line.split()[0]: line.split(": ", 1)[-1] for line in lines if " done in " in line}
+    assert "images" in figures["prepare-data"] and "test accuracy" in figures["evaluate-model"]
+    assert figures["push-model"] == "registered version 1" and figures["deploy-model"] == f"serving at http://127.0.0.1:{port}"
+    assert "Got executor_input" not in stdout and "DockerRunner" not in stdout and len(lines) < 60
+    run_dir = (workdir / "runs" / "latest").resolve()
+    assert {p.name for p in (run_dir / "logs").iterdir()} >= {f"{step}.log" for step in steps}
+    assert "Got executor_input" in (run_dir / "logs" / "prepare-data.log").read_text()  # the full log keeps it
+    assert (run_dir / "report.html").read_text().lstrip().lower().startswith(("<!doctype html", "<html"))
+    assert (run_dir / "evaluation.md").is_file() and (run_dir / "data.md").is_file()
+    assert f"reports            {run_dir}/report.html" in stdout

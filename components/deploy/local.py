@@ -5,6 +5,10 @@ kept in ``STATE_DIR/serving.json`` so the next deploy replaces it and ``make sto
 step waits for the model-level readiness path, then sends one v1 and one v2 request and checks
 that both answer with the same class.
 
+Every server also carries, in its environment, the checkout it was started from and its state folder
+(:data:`CHECKOUT_ENV`, :data:`STATE_DIR_ENV`), so :func:`stop_all` (``make stop``) finds the servers this
+checkout started under any ``--workdir`` by looking at ``/proc``, with no registry file to keep in step.
+
 The server gets only the environment it needs (:func:`server_environment`): where Python and its
 libraries are, locale and temporary folder, proxies and CA bundles, GPU selection, and the Azure
 settings the store reads credentials from. Nothing else of ``pipelines run``'s environment, such as
@@ -23,6 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -39,6 +44,9 @@ SERVER_ENV_NAMES = frozenset({
     "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
 })
 SERVER_ENV_PREFIXES = ("AZURE_",)  # the store's credentials: connection string, workload identity, client id
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout (or installation) this code runs from
+CHECKOUT_ENV = "KFP_PS_SERVER_CHECKOUT"  # marks a server as started from CHECKOUT
+STATE_DIR_ENV = "KFP_PS_SERVER_STATE_DIR"  # where that server's state file is
 
 
 @dataclass(frozen=True)
@@ -52,15 +60,17 @@ class LocalEndpoint:
 
 def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s: float = 120.0) -> LocalEndpoint:
     """Replace any server this project started in ``state_dir`` with one serving ``model_uri``."""
+    state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     stop(state_dir)
-    _check_port_free(port)
+    check_port_free(port)
     log_path = state_dir / LOG_FILE
+    marks = {CHECKOUT_ENV: str(CHECKOUT), STATE_DIR_ENV: str(state_dir)}
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", model_name,
              "--http-port", str(port), "--enable_grpc", "false"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_environment(os.environ),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**server_environment(os.environ), **marks},
             start_new_session=True,  # survives the step's process; stopped by pid later
         )
     endpoint = LocalEndpoint(f"http://127.0.0.1:{port}", model_name, model_uri, popen.pid, str(log_path))
@@ -74,7 +84,12 @@ def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in SERVER_ENV_NAMES or k.startswith(SERVER_ENV_PREFIXES)}
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int, state_dir: Path | None = None) -> None:
+    """Refuse ``port`` when a program listens on it, unless that is the server recorded in ``state_dir``
+    (a deploy there replaces it)."""
+    ours = read_state(state_dir) if state_dir is not None else None
+    if ours is not None and urlparse(ours.url).port == port and _alive(ours.pid):
+        return
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise DeployError(f"port {port} on 127.0.0.1 is already in use by another program; choose another with --param serving_port=N")
@@ -117,6 +132,55 @@ def stop(state_dir: Path) -> LocalEndpoint | None:
     _kill(endpoint.pid)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return endpoint
+
+
+def stop_all(checkout: Path = CHECKOUT) -> list[LocalEndpoint]:
+    """Stop every server started from ``checkout``, whatever its state folder; return what was stopped
+    (a server whose state file is gone is stopped too, and reported with what ``/proc`` tells of it)."""
+    stopped = []
+    for pid, state_dir in running_servers(checkout):
+        endpoint = read_state(state_dir)
+        if endpoint is not None and endpoint.pid == pid:
+            stop(state_dir)
+        else:
+            _kill(pid)
+            endpoint = LocalEndpoint("(unknown: its state file is gone)", "", "", pid, str(state_dir / LOG_FILE))
+        stopped.append(endpoint)
+    return stopped
+
+
+def running_servers(checkout: Path = CHECKOUT) -> list[tuple[int, Path]]:
+    """``(pid, state folder)`` of each live server whose environment marks it as started from ``checkout``.
+
+    Only process-group leaders count: a server's own children inherit its environment and stop with it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            environ, leader = _environ(entry), os.getpgid(pid) == pid
+        except OSError:  # another user's process, or one that exited while we looked
+            continue
+        if leader and environ.get(CHECKOUT_ENV) == str(checkout) and STATE_DIR_ENV in environ:
+            found.append((pid, Path(environ[STATE_DIR_ENV])))
+    return sorted(found)
+
+
+def _environ(proc: Path) -> dict[str, str]:
+    """The environment a process started with, from ``/proc/PID/environ``."""
+    pairs = (os.fsdecode(item).partition("=") for item in (proc / "environ").read_bytes().split(b"\0") if item)
+    return {name: value for name, _, value in pairs}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
 
 
 def _kill(pid: int, grace_s: float = 10.0) -> None:
