@@ -259,9 +259,10 @@ def test_duplicates_found_in_slices_match_a_brute_force_count(monkeypatch) -> No
     tally = checks.Tally(["a", "b"], 1)
     for split in checks.SPLITS:
         indices = np.flatnonzero(split_of == split)
-        digests = [hashlib.sha256(bytes([int(content[i])])).digest() for i in indices]
+        digests = np.array([list(hashlib.sha256(bytes([int(content[i])])).digest()) for i in indices], np.uint8)
         tally.add(split, Chunk(indices, np.zeros(len(indices), np.int32), np.zeros((len(indices), 1, 1, 1), np.uint8),
-                               np.ones((len(indices), 2), np.int64), digests, np.zeros((len(indices), 2, 1)), []))
+                               np.ones((len(indices), 2), np.int64), digests.reshape(-1, 32), 0,
+                               np.zeros((len(indices), 2, 1)), []))
     seen = {"train": set(content[split_of == "train"])}
     seen["val"] = seen["train"]
     seen["test"] = seen["train"] | set(content[split_of == "val"])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.data.decode import Chunk
+from components.data.decode import CONTENT_MODULUS, Chunk
 from components.presets import ChannelStats
 
 SIZE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # shorter side, pixels: "<32", "32-63", … , ">=2048"
@@ -33,6 +33,9 @@ def size_bucket(width: int, height: int) -> str:
         if side < high:
             return f"{low}-{high - 1}"
     return f">={SIZE_BUCKETS[-1]}"
+
+
+BUCKET_NAMES = [size_bucket(side, side) for side in (0, *SIZE_BUCKETS)]  # bucket i: sides below SIZE_BUCKETS[i]
 
 
 @dataclass
@@ -53,16 +56,16 @@ class Tally:
             self.counts[split] = np.zeros(len(self.class_names), dtype=np.int64)
             self._digests[split] = (array("Q"), array("I"))  # indices: 4 bytes, files < 2^32
         self.counts[split] += np.bincount(chunk.labels, minlength=len(self.class_names))
-        for width, height in chunk.sizes.tolist():
-            bucket = size_bucket(width, height)
-            self.sizes[bucket] = self.sizes.get(bucket, 0) + 1
+        buckets = np.bincount(np.searchsorted(SIZE_BUCKETS, chunk.sizes.min(axis=1, initial=1 << 30), side="right"),
+                              minlength=len(BUCKET_NAMES))
+        for name, count in zip(BUCKET_NAMES, buckets.tolist()):
+            if count:
+                self.sizes[name] = self.sizes.get(name, 0) + count
         digests, indices = self._digests[split]
-        for digest, label in zip(chunk.digests, chunk.labels.tolist()):
-            digests.append(int.from_bytes(digest[:8], "little"))
-            # Sum modulo 2^256 of per-image hashes: the same images and labels give the same hash in any order.
-            labelled = hashlib.sha256(label.to_bytes(4, "little") + digest).digest()
-            self._content = (self._content + int.from_bytes(labelled, "big")) % (1 << 256)
-        indices.extend(chunk.indices.tolist())
+        # The first 8 bytes of each digest, read as a little-endian number: enough to find exact duplicates.
+        digests.frombytes(np.ascontiguousarray(chunk.digests[:, :8]).view("<u8").astype(np.uint64).tobytes())
+        indices.frombytes(chunk.indices.astype(np.uint32).tobytes())
+        self._content = (self._content + chunk.content) % CONTENT_MODULUS
         if split == "train" and len(chunk.labels):
             self.stats.add(chunk.sums.sum(axis=0), len(chunk.labels) * chunk.pixels[0, 0].size)
 

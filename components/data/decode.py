@@ -38,6 +38,7 @@ from components.parallel import bounded_map
 from components.presets import fit_image
 
 PROCESS_MIN_EXAMPLES = 2000
+CONTENT_MODULUS = 1 << 256
 CHUNK = 64  # files per task: one pickle each way per chunk, and the main process's work is per chunk, not per image
 
 
@@ -50,7 +51,8 @@ class Chunk:
     labels: np.ndarray  # int32 [K]
     pixels: np.ndarray  # uint8 [K, C, H, W]
     sizes: np.ndarray  # int64 [K, 2]: width and height as stored in the raw file
-    digests: list[bytes]  # SHA-256 of each image's pixels
+    digests: np.ndarray  # uint8 [K, 32]: the SHA-256 of each image's pixels
+    content: int  # this chunk's share of the data set's content hash (components.data.checks.Tally)
     sums: np.ndarray  # float64 [K, 2, C]: per image and channel, the sum of the values and of their squares
     unreadable: list[UnreadableFile]
 
@@ -90,10 +92,22 @@ def decode_many(payloads: list[Payload | UnreadableFile], geometry: Geometry) ->
         row[...] = example.pixels
     flat = pixels.reshape(len(examples), geometry.channels, -1)
     sums = np.stack([flat.sum(axis=2, dtype=np.float64), np.einsum("kcp,kcp->kc", flat, flat, dtype=np.float64)], axis=1)
+    digests = [hashlib.sha256(row.data).digest() for row in pixels]
     return Chunk(indices=np.array([e.index for e in examples], dtype=np.int64),
                  labels=np.array([e.label for e in examples], dtype=np.int32), pixels=pixels,
                  sizes=np.array([(e.width, e.height) for e in examples], dtype=np.int64).reshape(-1, 2),
-                 digests=[hashlib.sha256(row.data).digest() for row in pixels], sums=sums, unreadable=unreadable)
+                 digests=np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32),
+                 content=content_share([e.label for e in examples], digests), sums=sums, unreadable=unreadable)
+
+
+def content_share(labels: list[int], digests: list[bytes]) -> int:
+    """The sum modulo 2^256 of each image's SHA-256 of (label, pixel digest): summed over chunks, the same
+    images with the same labels give the same content hash in any order. Computed here, on the decode
+    processes, so that the main process adds one number per chunk instead of hashing every image."""
+    total = 0
+    for label, digest in zip(labels, digests):
+        total += int.from_bytes(hashlib.sha256(label.to_bytes(4, "little") + digest).digest(), "big")
+    return total % CONTENT_MODULUS
 
 
 class Decoder:
