@@ -273,3 +273,25 @@ def test_duplicates_found_in_slices_match_a_brute_force_count(monkeypatch) -> No
         later, earlier = int(item["file"][4:]), int(item["same_as"][4:])
         assert content[later] == content[earlier] and split_of[later] == item["split"]
         assert checks.SPLITS.index(split_of[earlier]) < checks.SPLITS.index(item["split"])
+
+
+def test_decode_processes_do_not_import_the_parents_main_module(tmp_path) -> None:
+    """A spawned child imports its parent's ``__main__`` first; in a KFP step that is kfp's executor (0.4 s and
+    40 MB per process). The decode processes must start without it: the main module here marks its import."""
+    import subprocess
+    import sys
+
+    marker, script = tmp_path / "imported", tmp_path / "main_script.py"
+    script.write_text(
+        "import sys\n"
+        "if __name__ != '__main__':\n"
+        f"    open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+        "from components.data.decode import PROCESS_MIN_EXAMPLES, Decoder\n"
+        "if __name__ == '__main__':\n"
+        "    with Decoder(PROCESS_MIN_EXAMPLES, 4) as decoder:\n"
+        "        print(decoder.processes)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    if int(done.stdout.split()[-1]) < 2:
+        pytest.skip("this machine gives preparation fewer than 2 CPUs, so it decodes on threads")
+    assert not marker.exists(), f"a decode process imported the main module as {marker.read_text().split()}"

@@ -143,24 +143,24 @@ def dataset_prefix(source: RawSource, config: PrepareConfig) -> str:
 
 
 def _prepare_into(source: RawSource, store: Store, prefix: str, config: PrepareConfig) -> DatasetInfo:
-    geometry = source.geometry(config.image_size)
-    store.ensure_root()
-    for stale in store.list(prefix):  # an earlier attempt that died before its index
-        store.delete(stale)
-    tally = Tally(source.class_names, geometry.channels)
-    shards: dict[str, list[dict]] = {}
-    try:
-        with Decoder(len(source), config.concurrency) as decoder:
+    with Decoder(len(source), config.concurrency) as decoder:  # its processes start while the rest is set up
+        geometry = source.geometry(config.image_size)
+        store.ensure_root()
+        for stale in store.list(prefix):  # an earlier attempt that died before its index
+            store.delete(stale)
+        tally = Tally(source.class_names, geometry.channels)
+        shards: dict[str, list[dict]] = {}
+        try:
             for split, indices in stratified_split(source.labels, config).items():
                 order = write_order(indices, split, config.seed)
                 chunks = decoder.decoded(source.fetch, order, geometry, threads=not source.in_place)
                 written = _write_split(chunks, store, prefix, split, geometry, tally, config)
                 shards[split] = [asdict(s) for s in written]
-        info = _describe(source, store, prefix, geometry, tally, shards, config)
-    except BaseException:
-        for key in store.list(prefix):
-            store.delete(key)
-        raise
+            info = _describe(source, store, prefix, geometry, tally, shards, config)
+        except BaseException:
+            for key in store.list(prefix):
+                store.delete(key)
+            raise
     store.write_bytes(join_key(prefix, DATASET_FILE), info.to_json().encode())
     return info
 
