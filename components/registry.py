@@ -18,6 +18,9 @@ before and after, who made it, why and when. It is written to the pointer first 
 then to the history under ``history/<change_id>.json``; a change whose history record is missing (the
 writer died in between) is still reported by :meth:`Registry.history` and recorded by the next change.
 
+The gate's verdict travels in each manifest: the pointer never moves to a version the gate rejected unless
+the mover forces it and gives a reason; the record then says ``forced: true``, with the reason.
+
 Integrity: ``MANIFEST.json`` lists every file's SHA-256, but it is self-asserted (a writer can change a file
 and its hash together). So a promotion first verifies every file, then records the SHA-256 of the manifest's
 own bytes (``manifest_sha256``) in the pointer and its history; a deployment serves the version by a URI
@@ -37,9 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import ConflictError, ModelFormatError, NotFoundError, RegistryError, StoreError
-from components.modelfile import MANIFEST_FILE, SHA256_HEX, build_manifest, manifest_digest, parse_manifest, sha256_file, verify_manifest
+from components.evaluation.evaluate import REJECTED
+from components.modelfile import (
+    MANIFEST_FILE,
+    SHA256_HEX,
+    WEIGHTS_FILE,
+    build_manifest,
+    manifest_digest,
+    parse_manifest,
+    sha256_file,
+    verify_manifest,
+)
 from components.store import LocalStore, Store, join_key, open_store
 
+MODELS_ROOT = "models"
 CLAIM_FILE = "CLAIM.json"
 POINTER_FILE = "production.json"
 NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -57,7 +71,7 @@ def validate_model_name(name: str) -> str:
 
 def version_key(name: str, version: int) -> str:
     """Where version ``version`` of model ``name`` lives, relative to the store root."""
-    return join_key("models", name, "versions", str(version))
+    return join_key(MODELS_ROOT, name, "versions", str(version))
 
 
 def now_iso() -> str:
@@ -82,6 +96,25 @@ def production_stack(history: list[dict[str, Any]]) -> list[int]:
         if not stack or stack[-1] != record["version"]:
             stack.append(record["version"])
     return stack
+
+
+def gate_verdict(manifest: dict[str, Any]) -> tuple[str | None, str]:
+    """``(decision, reason)`` of the gate as the manifest records it; ``(None, "")`` when it records none."""
+    verdict = manifest.get("verdict")
+    if isinstance(verdict, dict):
+        return verdict.get("decision"), str(verdict.get("reason") or "")
+    return (verdict, "") if isinstance(verdict, str) else (None, "")
+
+
+def weights_sha256(manifest: dict[str, Any]) -> str | None:
+    """The SHA-256 of the version's weights file as its manifest lists it (None: it lists no weights)."""
+    entry = manifest.get("files", {}).get(WEIGHTS_FILE)
+    return entry["sha256"] if isinstance(entry, dict) else None
+
+
+def model_names(store: Store) -> list[str]:
+    """The names of the models that have anything in ``store``'s registry, sorted."""
+    return sorted({parts[1] for key in store.list(MODELS_ROOT) if len(parts := key.split("/")) > 2})
 
 
 @dataclass(frozen=True)
@@ -109,7 +142,7 @@ class Registry:
     def __init__(self, store: Store, name: str):
         self.store = store
         self.name = validate_model_name(name)
-        self.root = join_key("models", name)
+        self.root = join_key(MODELS_ROOT, name)
 
     def version_prefix(self, version: int) -> str:
         """The key prefix of ``version``'s files."""
@@ -118,6 +151,17 @@ class Registry:
     def version_uri(self, version: int) -> str:
         """A store URI whose root is ``version``'s folder (what the predictor and KServe load)."""
         return f"{self.store.uri.rstrip('/')}/{self.version_prefix(version)}"
+
+    def check_exists(self) -> None:
+        """Refuse a model the store's registry does not hold, naming the models it does hold (or saying that
+        it holds no registry at all), so that a typo in a name or a store URI is not read as "no versions"."""
+        if next(self.store.iter_info(self.root), None) is not None:
+            return
+        if names := model_names(self.store):
+            raise RegistryError(f"expected model {self.name!r} in the registry at {self.store.uri}, found no such "
+                                f"model; the models there: {', '.join(names)}")
+        raise RegistryError(f"expected a model registry ({MODELS_ROOT}/NAME/...) in the store at {self.store.uri}, found "
+                            f"none: the store holds no registry at all; is it the store_uri the pipeline ran with?")
 
     # -- versions -----------------------------------------------------------------------------
 
@@ -162,10 +206,22 @@ class Registry:
     def verify(self, version: int) -> str:
         """Check every file of ``version`` against its manifest (downloading it), and the manifest against the
         digest recorded when the version was last promoted; return the manifest's digest."""
+        return self._verified(version)[0]
+
+    def _verified(self, version: int) -> tuple[str, dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
-            self.download(version, Path(tmp))
+            manifest = self.download(version, Path(tmp))
             # The digest of the very bytes the files were checked against, not of a second read.
-            return sha256_file(Path(tmp) / MANIFEST_FILE)
+            return sha256_file(Path(tmp) / MANIFEST_FILE), manifest
+
+    def identical_production(self, version: int) -> int | None:
+        """The production version, when it is another version whose weights are byte for byte ``version``'s
+        (the same SHA-256 of the weights file): a rerun on the same data, code and seed. Else None."""
+        production = self.production().version
+        if production is None or production == version:
+            return None
+        weights = weights_sha256(self.manifest(version))
+        return production if weights is not None and weights == weights_sha256(self.manifest(production)) else None
 
     def _check_recorded(self, version: int, digest: str) -> None:
         recorded = self.promoted_digests().get(version)
@@ -246,12 +302,15 @@ class Registry:
         return Pointer(record["version"], found[1], record)
 
     def promote(self, version: int, actor: str, expected: Pointer | None = None, reason: str = "",
-                manifest_sha256: str | None = None) -> Pointer:
+                manifest_sha256: str | None = None, force: bool = False) -> Pointer:
         """Point production at ``version``; lose with :class:`ConflictError` if the pointer moved since ``expected``.
 
         Every file is verified first, and the pointer records the manifest's digest. ``manifest_sha256``:
-        the digest the caller deployed; a manifest changed since then refuses the promotion."""
-        return self._move_pointer(version, "promote", actor, expected, reason, manifest_sha256)
+        the digest the caller deployed; a manifest changed since then refuses the promotion. A version the
+        gate rejected is refused (:class:`RegistryError`) unless ``force`` and a ``reason`` are given; the
+        record then says ``forced``."""
+        what = f"promote {self.name} version {version}"
+        return self._move_pointer(version, "promote", actor, expected, reason, manifest_sha256, Override(force, what))
 
     def expect_production(self, version: int | None) -> Pointer:
         """The pointer, when production is still ``version`` (the champion a gate judged against);
@@ -266,8 +325,10 @@ class Registry:
             )
         return pointer
 
-    def rollback(self, actor: str, expected: Pointer | None = None, reason: str = "") -> Pointer:
-        """Point production back at the version that was in production before the current one."""
+    def rollback(self, actor: str, expected: Pointer | None = None, reason: str = "", force: bool = False) -> Pointer:
+        """Point production back at the version that was in production before the current one: the history
+        of pointer moves is replayed (:func:`production_stack`), so after promotions of 2, 3 and 4 two
+        rollbacks go to 3, then 2. Landing on a version the gate rejected needs ``force`` and a ``reason``."""
         current = expected if expected is not None else self.production()
         stack = production_stack(self.history())
         if current.version is None or len(stack) < 2 or stack[-1] != current.version:
@@ -275,7 +336,9 @@ class Registry:
                 f"expected an earlier production version of {self.name} to roll back to, found none "
                 f"(production: {current.version}, promotions still in effect: {stack})"
             )
-        return self._move_pointer(stack[-2], "rollback", actor, current, reason)
+        override = Override(force, f"roll {self.name} back from version {current.version} to version {stack[-2]} (in "
+                            f"production before it)", "promote the version you want instead (registry promote --version N), or ")
+        return self._move_pointer(stack[-2], "rollback", actor, current, reason, None, override)
 
     def history(self) -> list[dict[str, Any]]:
         """Every change of the production pointer, oldest first."""
@@ -287,16 +350,19 @@ class Registry:
         return records
 
     def _move_pointer(self, version: int, action: str, actor: str, expected: Pointer | None, reason: str,
-                      manifest_sha256: str | None = None) -> Pointer:
-        digest = self.verify(version)  # only complete versions whose every file matches its hash
+                      manifest_sha256: str | None, override: Override) -> Pointer:
+        digest, manifest = self._verified(version)  # only complete versions whose every file matches its hash
         if manifest_sha256 is not None and digest != manifest_sha256:
             raise ConflictError(f"{MANIFEST_FILE} of {self.name} version {version} has SHA-256 {digest}, expected "
                                 f"{manifest_sha256} (the one deployed): it changed since; nothing promoted")
+        # The verdict of the very manifest just verified, not of an earlier read.
+        forced = override.check(version, manifest, reason)
         current = expected if expected is not None else self.production()
         if current.record.get("change_id"):
             self._append_history(current.record)  # no-op unless the previous writer died before recording it
         record = {"version": version, "previous": current.version, "action": action, "by": actor,
-                  "reason": reason, "at": now_iso(), "change_id": new_change_id(), "manifest_sha256": digest}
+                  "reason": reason, "at": now_iso(), "change_id": new_change_id(), "manifest_sha256": digest,
+                  "forced": forced}
         try:
             etag = self.store.write_if_match(join_key(self.root, POINTER_FILE), json.dumps(record, indent=2).encode(), current.etag)
         except ConflictError:
@@ -311,6 +377,31 @@ class Registry:
     def _append_history(self, record: dict[str, Any]) -> bool:
         key = join_key(self.root, "history", f"{record['change_id']}.json")
         return self.store.create_exclusive(key, json.dumps(record, indent=2).encode())
+
+
+@dataclass(frozen=True)
+class Override:
+    """Whether a pointer move may land on a version the gate rejected (``force``), what the move is in the
+    words of a refusal (``what``: "promote digits version 3"), and what else to do (``instead``)."""
+
+    force: bool
+    what: str
+    instead: str = ""
+
+    def check(self, version: int, manifest: dict[str, Any], reason: str) -> bool:
+        """True when the move overrides the gate's rejection of ``version`` (forced, with a reason); refuse a
+        rejected version otherwise. False when the gate did not reject it."""
+        decision, why = gate_verdict(manifest)
+        if decision != REJECTED:
+            return False
+        if not self.force:
+            raise RegistryError(f"refusing to {self.what}: expected a version the gate accepted, found version {version} "
+                                f"rejected ({why or 'no reason recorded'}); nothing moved: {self.instead}to do it anyway, "
+                                f"pass --force with --reason TEXT (both are recorded in the history)")
+        if not reason.strip():
+            raise RegistryError(f"expected --reason TEXT with --force (it is recorded in the history), got none: "
+                                f"refusing to {self.what}, which the gate rejected; nothing moved")
+        return True
 
 
 _VERSION_KEY = re.compile(r"/versions/(\d+)/")

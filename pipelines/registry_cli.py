@@ -1,16 +1,18 @@
 """``python -m pipelines registry …``: see and move a model registry by hand.
 
     registry list     --store URI --model NAME                  versions, metrics, lineage; * marks production
-    registry show     --store URI --model NAME [--version N]    one manifest (default: production), its files checked
+    registry show     --store URI --model NAME [--version N] [--json]   one version (default: production), its files checked
     registry history  --store URI --model NAME                  every change of the production pointer
-    registry promote  --store URI --model NAME --version N [--reason TEXT] [--actor WHO]
-    registry rollback --store URI --model NAME [--reason TEXT] [--actor WHO]
+    registry promote  --store URI --model NAME --version N [--reason TEXT] [--actor WHO] [--force]
+    registry rollback --store URI --model NAME [--reason TEXT] [--actor WHO] [--force]
     registry gc       --store URI --model NAME [--older-than-hours H] [--dry-run]   files of pushes that died
 
 Promote and rollback verify every file of the version against its hash first, and record the manifest's
-SHA-256 in the pointer. They are compare-and-swap writes on the pointer: when another run moves it at the same
-moment, the command fails and says where the pointer went. :func:`add_registry_commands` plugs these into
-the project's CLI; every handler raises a :class:`ProjectError` with a one-line reason on failure.
+SHA-256 in the pointer. They refuse a version the gate rejected unless ``--force`` and ``--reason`` are
+given (the history records both). They are compare-and-swap writes on the pointer: when another run moves it
+at the same moment, the command fails and says where the pointer went. A model name the store does not hold,
+or a store with no registry in it, is refused naming what is there. :func:`add_registry_commands` plugs
+these into the project's CLI; every handler raises a :class:`ProjectError` with a one-line reason on failure.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from components.errors import ProjectError
 from components.modelfile import MANIFEST_FILE
-from components.registry import Registry, validate_model_name
+from components.registry import Registry, gate_verdict, validate_model_name, weights_sha256
 from components.store import open_store
 
 MISSING = "-"
@@ -45,31 +47,41 @@ class VersionRow:
     run_id: str
     git_commit: str
     dataset_hash: str
+    weights: str
 
 
 def summarize_manifest(manifest: dict[str, Any]) -> VersionRow:
     """The list row for a manifest; fields a manifest lacks show as ``-``."""
-    metrics = manifest.get("metrics") or {}
-    accuracy = metrics.get("accuracy", (metrics.get("candidate") or {}).get("accuracy"))
-    verdict = manifest.get("verdict") or {}
     lineage = manifest.get("lineage") or {}
     return VersionRow(
         version=int(manifest["version"]),
-        accuracy=f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else MISSING,
-        verdict=str(verdict.get("decision", MISSING) if isinstance(verdict, dict) else verdict),
+        accuracy=_figure(candidate_accuracy(manifest)),
+        verdict=str(gate_verdict(manifest)[0] or MISSING),
         created=str(manifest.get("created_at", MISSING)),
         run_id=str(lineage.get("run_id") or MISSING),
         git_commit=str(lineage.get("git_commit") or lineage.get("code_version") or MISSING)[:12],
         dataset_hash=str(lineage.get("dataset_hash") or MISSING)[:19],
+        weights=(weights_sha256(manifest) or MISSING)[:12],  # equal prefixes: a rerun that made the same weights
     )
+
+
+def candidate_accuracy(manifest: dict[str, Any]) -> float | None:
+    """The version's test accuracy: ``metrics.accuracy``, or the pipeline's ``metrics.candidate.accuracy``."""
+    metrics = manifest.get("metrics") or {}
+    accuracy = metrics.get("accuracy", (metrics.get("candidate") or {}).get("accuracy"))
+    return accuracy if isinstance(accuracy, (int, float)) else None
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
 
 
 def format_versions(rows: list[VersionRow], production: int | None) -> str:
     """A fixed-width table of ``rows``, the production version marked with ``*``."""
-    header = ("", "VERSION", "ACCURACY", "VERDICT", "CREATED", "RUN ID", "GIT COMMIT", "DATASET HASH")
+    header = ("", "VERSION", "ACCURACY", "VERDICT", "CREATED", "RUN ID", "GIT COMMIT", "DATASET HASH", "WEIGHTS")
     lines = [header] + [
         ("*" if r.version == production else "", str(r.version), r.accuracy, r.verdict, r.created, r.run_id,
-         r.git_commit, r.dataset_hash)
+         r.git_commit, r.dataset_hash, r.weights)
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -77,10 +89,40 @@ def format_versions(rows: list[VersionRow], production: int | None) -> str:
 
 
 def format_change(record: dict[str, Any]) -> str:
-    """One pointer change as a line: when, what, from which version to which, who and why."""
+    """One pointer change as a line: when, what, from which version to which, who and why; a move forced
+    onto a version the gate rejected says so."""
     reason = f"  ({record['reason']})" if record.get("reason") else ""
+    forced = "  FORCED over the gate's rejection" if record.get("forced") else ""
     return (f"{record.get('at', MISSING)}  {record.get('action', 'promote'):8}  "
-            f"{record.get('previous') or 'none'} -> {record['version']}  by {record.get('by', MISSING)}{reason}")
+            f"{record.get('previous') or 'none'} -> {record['version']}  by {record.get('by', MISSING)}{forced}{reason}")
+
+
+SHOWN_LOCATIONS = ("store_uri", "prefix")  # lineage.training entries that say where, not how
+
+
+def describe_version(manifest: dict[str, Any], production: int | None, identical_to: int | None) -> list[str]:
+    """``registry show``'s summary of one manifest: what a person checks before promoting or rolling back."""
+    version = int(manifest["version"])
+    metrics, lineage = manifest.get("metrics") or {}, manifest.get("lineage") or {}
+    decision, reason = gate_verdict(manifest)
+    champion = (metrics.get("champion") or {}).get("accuracy")
+    versus = (f" (production version {metrics.get('champion_version')} scored {_figure(champion)} on the same split)"
+              if champion is not None else "")
+    weights = weights_sha256(manifest) or MISSING
+    same = f" (identical to production version {identical_to})" if identical_to is not None else ""
+    params = {**(lineage.get("parameters") or {}), **(lineage.get("training") or {})}
+    training = ", ".join(f"{k}={v}" for k, v in params.items() if k not in SHOWN_LOCATIONS and not isinstance(v, (dict, list)))
+    fields = [
+        ("production", "yes" if version == production else f"no (production: {production or 'none'})"),
+        ("created", str(manifest.get("created_at", MISSING))),
+        ("accuracy", _figure(candidate_accuracy(manifest)) + versus),
+        ("verdict", f"{decision or MISSING}" + (f": {reason}" if reason else "")),
+        ("weights", f"sha256 {weights}{same}"),
+        ("data", f"{lineage.get('dataset_hash') or MISSING} ({lineage.get('dataset_prefix') or 'prefix not recorded'})"),
+        ("run", f"{lineage.get('run_id') or MISSING}, code {lineage.get('code_version') or lineage.get('git_commit') or MISSING}"),
+        ("training", training or MISSING),
+    ]
+    return [f"{manifest.get('model', '?')} version {version}"] + [f"  {label:<11} {value}" for label, value in fields]
 
 
 def default_actor() -> str:
@@ -90,15 +132,18 @@ def default_actor() -> str:
 
 
 def open_registry(args: argparse.Namespace) -> Registry:
-    """The registry that ``--store`` and ``--model`` name."""
-    return Registry(open_store(args.store), args.model)
+    """The registry that ``--store`` and ``--model`` name; refused when the store holds no such model."""
+    registry = Registry(open_store(args.store), args.model)
+    registry.check_exists()
+    return registry
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     registry = open_registry(args)
     versions = registry.versions()
     if not versions:
-        print(f"no versions of {registry.name} in {registry.store.uri}")
+        print(f"no complete versions of {registry.name} in {registry.store.uri} (only pushes that died before "
+              f"their manifest: see registry gc)")
         return
     rows = [summarize_manifest(registry.manifest(v)) for v in versions]
     recorded = registry.promoted_digests()
@@ -114,10 +159,16 @@ def cmd_show(args: argparse.Namespace) -> None:
     if version is None:
         raise ProjectError(f"expected --version N or a production version of {registry.name}, found neither "
                            f"(versions: {registry.versions()})")
-    print(json.dumps(registry.manifest(version), indent=2, sort_keys=True))
+    manifest = registry.manifest(version)
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        production = registry.production().version
+        print("\n".join(describe_version(manifest, production, registry.identical_production(version))))
     sys.stdout.flush()  # the manifest first, then what its files say about it
     # A manifest is only as good as the files it lists: check them, so a tampered version is noticed here.
-    print(f"files verified against {MANIFEST_FILE} (its sha256: {registry.verify(version)})", file=sys.stderr)
+    checked = f"{len(manifest['files'])} files verified against {MANIFEST_FILE} (its sha256: {registry.verify(version)})"
+    print(checked, file=sys.stderr if args.json else sys.stdout)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -128,12 +179,14 @@ def cmd_history(args: argparse.Namespace) -> None:
 
 def cmd_promote(args: argparse.Namespace) -> None:
     # Registry.promote verifies every file of the version against its hash before it moves the pointer.
-    pointer = open_registry(args).promote(args.version, args.actor, reason=args.reason)
+    pointer = open_registry(args).promote(args.version, args.actor, reason=args.reason, force=args.force)
     print(f"production of {args.model}: {format_change(pointer.record)}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    pointer = open_registry(args).rollback(args.actor, reason=args.reason)
+    pointer = open_registry(args).rollback(args.actor, reason=args.reason, force=args.force)
+    print(f"rolled {args.model} back from version {pointer.record['previous']} to version {pointer.version}, the "
+          f"version in production before it")
     print(f"production of {args.model}: {format_change(pointer.record)}")
 
 
@@ -183,13 +236,16 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
     registry = subparsers.add_parser("registry", help="see model versions and move the production pointer")
     commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
     commands.add_parser("list", parents=[common], help="versions with metrics and lineage; * marks production").set_defaults(func=cmd_list)
-    show = commands.add_parser("show", parents=[common], help="print one version's manifest")
+    show = commands.add_parser("show", parents=[common], help="summarize one version (--json: its whole manifest)")
     show.add_argument("--version", type=version_arg, help="version number (default: the production version)")
+    show.add_argument("--json", action="store_true", help="print the whole manifest as JSON (the check goes to stderr)")
     show.set_defaults(func=cmd_show)
     commands.add_parser("history", parents=[common], help="every change of the production pointer").set_defaults(func=cmd_history)
     moves = argparse.ArgumentParser(add_help=False)
     moves.add_argument("--reason", default="", help="why, recorded in the audit history")
     moves.add_argument("--actor", default=default_actor(), help="who, recorded in the audit history (default: user@host)")
+    moves.add_argument("--force", action="store_true",
+                       help="move production to a version the gate rejected (needs --reason; both are recorded)")
     promote = commands.add_parser("promote", parents=[common, moves], help="point production at a version")
     promote.add_argument("--version", type=version_arg, required=True, help="version number to promote")
     promote.set_defaults(func=cmd_promote)

@@ -229,3 +229,37 @@ def test_tampered_manifest_blob_is_reported_as_tampered_not_as_a_missing_version
     raw.upload_blob(b'{"files": {}}', overwrite=True, metadata=raw.get_blob_properties().metadata)
     with pytest.raises(StoreError, match="it was modified or corrupted"):
         registry.manifest(1)
+
+
+# -- the gate's verdict and what the store holds ------------------------------------------------------
+
+
+def push_rejected(uri: str, root: Path, tag: str) -> int:
+    metadata = {**push_metadata(tag), "verdict": {"decision": "rejected", "reason": "accuracy 0.5600 is below the threshold 0.9500"}}
+    return Registry(open_store(uri), MODEL).push(model_folder(root, tag), metadata)
+
+
+def test_the_pointer_moves_to_a_rejected_version_only_when_forced_with_a_reason(store_uri: str, tmp_path: Path) -> None:
+    registry = Registry(open_store(store_uri), MODEL)
+    push_tagged(store_uri, str(tmp_path), "good")
+    rejected = push_rejected(store_uri, tmp_path, "bad")
+    registry.promote(1, "pipeline")
+    with pytest.raises(RegistryError, match="found version 2 rejected \\(accuracy 0.5600 is below the threshold 0.9500\\); nothing moved"):
+        registry.promote(rejected, "alice")
+    with pytest.raises(RegistryError, match="expected --reason TEXT with --force"):
+        registry.promote(rejected, "alice", force=True, reason="  ")
+    assert registry.production().version == 1 and len(registry.history()) == 1
+    pointer = registry.promote(rejected, "alice", force=True, reason="the threshold is wrong for this data")
+    assert (pointer.version, pointer.record["forced"], pointer.record["reason"]) == (2, True, "the threshold is wrong for this data")
+    assert [r["forced"] for r in registry.history()] == [False, True]
+    assert registry.rollback("oncall").version == 1  # back to an accepted version: no force needed
+    assert registry.history()[-1]["forced"] is False
+
+
+def test_a_registry_that_lacks_the_model_names_the_models_it_holds(store_uri: str, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="found none: the store holds no registry at all"):
+        Registry(open_store(store_uri), MODEL).check_exists()
+    push_tagged(store_uri, str(tmp_path), "a")
+    Registry(open_store(store_uri), MODEL).check_exists()
+    with pytest.raises(RegistryError, match="expected model 'digitz' .* found no such model; the models there: digits$"):
+        Registry(open_store(store_uri), "digitz").check_exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.errors import ConflictError
-from components.modelfile import MANIFEST_FILE
+from components.modelfile import MANIFEST_FILE, WEIGHTS_FILE
 from components.registry import Registry
 from components.store import open_store
 from pipelines.registry_cli import add_registry_commands, cmd_list, main
@@ -57,52 +57,171 @@ def test_list_shows_each_version_with_metrics_verdict_time_and_lineage_and_marks
     store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     registry = push_two(store_uri, tmp_path / "src")
-    registry.promote(2, "test")
+    registry.promote(2, "test", force=True, reason="list test")
     code, out, err = run_cli(capsys, "list", "--store", store_uri, "--model", MODEL)
     assert (code, err) == (0, "")
     header, first, second = out.strip().splitlines()
-    assert header.split() == ["VERSION", "ACCURACY", "VERDICT", "CREATED", "RUN", "ID", "GIT", "COMMIT", "DATASET", "HASH"]
+    assert header.split() == ["VERSION", "ACCURACY", "VERDICT", "CREATED", "RUN", "ID", "GIT", "COMMIT", "DATASET", "HASH", "WEIGHTS"]
     assert first.split()[:3] == ["1", "0.9700", "accepted"] and "run-a" in first and "0123abc" in first
     assert first.split()[3] == registry.manifest(1)["created_at"]
+    assert first.split()[-1] == registry.manifest(1)["files"][WEIGHTS_FILE]["sha256"][:12]
     assert second.split()[:4] == ["*", "2", "0.9812", "rejected"]
     assert "run-b" in second and "89abcdef0123" in second and "sha256:beef" in second
 
 
-def test_list_of_an_empty_registry_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "list", "--store", str(tmp_path), "--model", MODEL)
-    assert code == 0 and out.startswith(f"no versions of {MODEL}")
+def test_an_unknown_model_name_is_an_error_that_lists_the_models_there(pushed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    Registry(open_store(pushed), "letters").push(model_folder(Path(pushed).parent / "src-l", "l"), push_metadata("l"))
+    for command in ("list", "show", "history", "rollback", "gc"):
+        code, out, err = run_cli(capsys, command, "--store", pushed, "--model", "digitz")
+        assert (code, out) == (1, "") and err.count("\n") == 1
+        assert err == (f"error: expected model 'digitz' in the registry at {open_store(pushed).uri}, found no such model; "
+                       "the models there: digits, letters\n")
 
 
-def test_show_prints_the_manifest_of_a_version_or_of_production(pushed: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "show", "--store", pushed, "--model", MODEL, "--version", "1")
-    assert code == 0 and json.loads(out)["lineage"]["run_id"] == "run-a"
+@pytest.mark.parametrize("where", ["empty folder", "missing folder", "another store"])
+def test_a_store_without_a_registry_is_an_error_saying_so(where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    if where == "empty folder":
+        store.mkdir()
+    elif where == "another store":
+        open_store(str(store)).write_bytes("prepared/abc/info.json", b"{}")  # data, but no models/
+    code, out, err = run_cli(capsys, "list", "--store", str(store), "--model", MODEL)
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: expected a model registry (models/NAME/...) in the store at {open_store(str(store)).uri}, found none: "
+                          "the store holds no registry at all")
+
+
+def test_a_model_whose_pushes_all_died_lists_no_complete_versions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = str(tmp_path / "store")
+    assert run_in_child(push_then_die_before_manifest, uri, str(tmp_path)) == -signal.SIGKILL
+    code, out, _ = run_cli(capsys, "list", "--store", uri, "--model", MODEL)
+    assert code == 0 and out.startswith(f"no complete versions of {MODEL}") and "registry gc" in out
+
+
+def test_show_summarizes_a_version_or_production_and_prints_the_whole_manifest_with_json(
+    pushed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(open_store(pushed), MODEL)
+    code, out, _ = run_cli(capsys, "show", "--store", pushed, "--model", MODEL, "--version", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{MODEL} version 2"
+    fields = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:-1]}
+    assert fields == {
+        "production": "no (production: none)",
+        "created": registry.manifest(2)["created_at"],
+        "accuracy": "0.9812",
+        "verdict": "rejected: below threshold",
+        "weights": f"sha256 {registry.manifest(2)['files'][WEIGHTS_FILE]['sha256']}",
+        "data": "sha256:beef (prefix not recorded)",
+        "run": "run-b, code 89abcdef0123456789",
+        "training": "-",
+    }
+    assert lines[-1] == f"3 files verified against {MANIFEST_FILE} (its sha256: {registry.manifest_sha256(2)})"
     code, _, err = run_cli(capsys, "show", "--store", pushed, "--model", MODEL)
     assert code == 1 and err == f"error: expected --version N or a production version of {MODEL}, found neither (versions: [1, 2])\n"
-    Registry(open_store(pushed), MODEL).promote(2, "test")
+    registry.promote(1, "test")
     code, out, _ = run_cli(capsys, "show", "--store", pushed, "--model", MODEL)
-    assert code == 0 and json.loads(out)["version"] == 2
+    assert code == 0 and out.startswith(f"{MODEL} version 1\n  production  yes\n")
+    assert "training    epochs=2\n" in out
+    code, out, err = run_cli(capsys, "show", "--store", pushed, "--model", MODEL, "--version", "1", "--json")
+    assert code == 0 and json.loads(out) == registry.manifest(1) and err.startswith("3 files verified")
+
+
+def test_show_of_a_pipeline_version_names_the_champion_it_was_compared_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = str(tmp_path / "store")
+    registry = Registry(open_store(uri), MODEL)
+    registry.push(model_folder(tmp_path, "a"), push_metadata("a"))
+    registry.promote(1, "test")
+    evaluation = {"candidate": {"accuracy": 0.9901}, "champion": {"accuracy": 0.9944}, "champion_version": 1,
+                  "verdict": {"decision": "rejected", "reason": "worse than production"}}
+    lineage = {"run_id": "run-2", "code_version": "c0ffee", "dataset_hash": "f" * 64, "dataset_prefix": "prepared/f",
+               "training": {"store_uri": uri, "prefix": "runs/2/model", "arch": "small_cnn", "best_epoch": 3}}
+    registry.push(model_folder(tmp_path, "b"), {"metrics": evaluation, "verdict": evaluation["verdict"], "lineage": lineage})
+    code, out, _ = run_cli(capsys, "show", "--store", uri, "--model", MODEL, "--version", "2")
+    assert code == 0
+    assert "  production  no (production: 1)\n" in out
+    assert "  accuracy    0.9901 (production version 1 scored 0.9944 on the same split)\n" in out
+    assert f"  data        {'f' * 64} (prepared/f)\n" in out
+    assert "  training    arch=small_cnn, best_epoch=3\n" in out
 
 
 def test_promote_moves_the_pointer_and_records_who_and_why(pushed: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", "2",
+    code, out, _ = run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", "1",
                            "--reason", "manual fix", "--actor", "alice")
-    assert code == 0 and "none -> 2  by alice  (manual fix)" in out
+    assert code == 0 and "none -> 1  by alice  (manual fix)" in out
     registry = Registry(open_store(pushed), MODEL)
-    assert registry.production().version == 2
-    assert [(r["version"], r["by"], r["reason"]) for r in registry.history()] == [(2, "alice", "manual fix")]
+    assert registry.production().version == 1
+    assert [(r["version"], r["by"], r["reason"], r["forced"]) for r in registry.history()] == [(1, "alice", "manual fix", False)]
     code, out, _ = run_cli(capsys, "history", "--store", pushed, "--model", MODEL)
-    assert code == 0 and "promote   none -> 2  by alice  (manual fix)" in out
+    assert code == 0 and "promote   none -> 1  by alice  (manual fix)" in out
 
 
-def test_rollback_returns_to_the_previous_production_version_then_refuses(pushed: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for version in ("1", "2"):
-        assert run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", version)[0] == 0
-    code, out, _ = run_cli(capsys, "rollback", "--store", pushed, "--model", MODEL, "--reason", "bad canary")
-    assert code == 0 and "rollback  2 -> 1" in out and "(registry CLI)" in out
-    assert Registry(open_store(pushed), MODEL).production().version == 1
-    code, out, err = run_cli(capsys, "rollback", "--store", pushed, "--model", MODEL)
+def test_promoting_a_version_the_gate_rejected_needs_force_and_a_reason_and_is_recorded_as_forced(
+    pushed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(open_store(pushed), MODEL)
+    code, out, err = run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", "2")
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: refusing to promote {MODEL} version 2: expected a version the gate accepted, found "
+                          "version 2 rejected (below threshold); nothing moved") and "--force with --reason TEXT" in err
+    code, out, err = run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", "2", "--force")
+    assert (code, out) == (1, "") and err.startswith("error: expected --reason TEXT with --force")
+    assert registry.production().version is None and registry.history() == []
+
+    code, out, _ = run_cli(capsys, "promote", "--store", pushed, "--model", MODEL, "--version", "2", "--force",
+                           "--reason", "hotfix: v1 crashes on RGB input", "--actor", "alice")
+    assert code == 0 and "none -> 2  by alice  FORCED over the gate's rejection  (hotfix: v1 crashes on RGB input)" in out
+    (record,) = registry.history()
+    assert (record["version"], record["forced"], record["reason"]) == (2, True, "hotfix: v1 crashes on RGB input")
+    assert "FORCED over the gate's rejection" in run_cli(capsys, "history", "--store", pushed, "--model", MODEL)[1]
+
+
+def accepted_and_rejected(tmp_path: Path) -> tuple[str, Registry]:
+    """Versions 1 and 2 accepted, 3 rejected by the gate."""
+    uri = str(tmp_path / "store")
+    registry = Registry(open_store(uri), MODEL)
+    for tag in ("a", "b"):
+        registry.push(model_folder(tmp_path, tag), push_metadata(tag))
+    rejected = {**push_metadata("c"), "verdict": {"decision": "rejected", "reason": "accuracy 0.5600 is below the threshold 0.9500"}}
+    registry.push(model_folder(tmp_path, "c"), rejected)
+    return uri, registry
+
+
+def test_rollback_goes_to_the_production_version_before_the_current_one_and_says_which(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, registry = accepted_and_rejected(tmp_path)
+    for version in (1, 2):
+        registry.promote(version, "pipeline")
+    code, out, _ = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL, "--reason", "bad canary")
+    assert code == 0 and out.startswith(f"rolled {MODEL} back from version 2 to version 1, the version in production before it\n")
+    assert "rollback  2 -> 1" in out and "(registry CLI)" in out
+    assert registry.production().version == 1
+    code, out, err = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert "expected an earlier production version of digits to roll back to, found none" in err
+
+
+def test_rollback_after_promote_rejected_then_promote_back_refuses_to_land_on_the_rejected_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The issue's sequence: production 1 then 2, a forced promote of rejected 3, a promote of 1 to undo it.
+    uri, registry = accepted_and_rejected(tmp_path)
+    for version in (1, 2):
+        registry.promote(version, "pipeline")
+    registry.promote(3, "alice", force=True, reason="try it")
+    registry.promote(1, "alice", reason="3 is bad")
+    code, out, err = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL)
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith(f"error: refusing to roll {MODEL} back from version 1 to version 3 (in production before it): "
+                          "expected a version the gate accepted, found version 3 rejected (accuracy 0.5600 is below")
+    assert "registry promote --version N" in err and registry.production().version == 1
+    code, out, _ = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL, "--force", "--reason", "drill")
+    assert code == 0 and out.startswith(f"rolled {MODEL} back from version 1 to version 3")
+    assert registry.history()[-1]["forced"] is True
+    code, out, _ = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL)  # from 3 back to 2: accepted
+    assert code == 0 and out.startswith(f"rolled {MODEL} back from version 3 to version 2")
 
 
 @pytest.mark.parametrize(

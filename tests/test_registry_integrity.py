@@ -84,12 +84,16 @@ def test_registry_show_notices_a_file_that_fails_its_hash(store_uri: str, tmp_pa
     registry = Registry(open_store(store_uri), MODEL)
     push_tagged(store_uri, str(tmp_path), "a")
     assert main(["registry", "show", "--store", store_uri, "--model", MODEL, "--version", "1"]) == 0
-    assert "files verified" in capsys.readouterr().err
+    assert "3 files verified" in capsys.readouterr().out
     registry.store.write_bytes(f"{registry.version_prefix(1)}/{WEIGHTS_FILE}", b"swapped weights")
-    code = main(["registry", "show", "--store", store_uri, "--model", MODEL, "--version", "1"])
+    code = main(["registry", "show", "--store", store_uri, "--model", MODEL, "--version", "1", "--json"])
     out, err = capsys.readouterr()
     assert code == 1 and json.loads(out)["version"] == 1  # the manifest is still shown, and the bad file named
     assert WEIGHTS_FILE in err and "SHA-256" in err and len(err.strip().splitlines()) == 1
+    code = main(["registry", "show", "--store", store_uri, "--model", MODEL, "--version", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out.startswith(f"{MODEL} version 1\n") and "files verified" not in out
+    assert WEIGHTS_FILE in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
