@@ -4,6 +4,10 @@ The promotion is a compare-and-swap that expects the champion the evaluate step 
 against (``champion``), not whatever production is when this step starts: a candidate judged while
 production was empty is never promoted over a model promoted meanwhile. The local server is given the
 version's URI pinned to its manifest's digest, and the promotion requires that same digest.
+
+A candidate whose weights are byte for byte production's (a rerun on the same data, code and seed) is not
+rolled out again: the step says so, leaves the pointer on production and returns a record naming it
+(``identical_to_production``). The local target only makes sure a server serves production.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from components.data.prepare import first_examples, read_info
 from components.deploy import local
 from components.deploy.inferenceservice import DeploymentMode
-from components.registry import Registry, pinned_uri
+from components.registry import Registry, pinned_uri, split_pinned
 from components.store import Store
+from serving.client import is_ready
 
 TARGETS = ("local", "kserve")
 SMOKE_IMAGES = 2
@@ -67,13 +74,44 @@ def deploy(target: str, store: Store, dataset_prefix: str, model_name: str, vers
            run_id: str, serving_port: int, state_dir: str, champion: int | None,
            kserve: KServeTarget | None = None) -> dict[str, Any]:
     """Deploy, smoke-test, then move the production pointer of the registry in ``store`` (compare-and-swap
-    expecting production at ``champion``, the version the gate judged against)."""
+    expecting production at ``champion``, the version the gate judged against). The record's ``summary``
+    is the step's one line: what was deployed where, or that production was kept."""
     if target not in TARGETS:
         raise ValueError(f"expected deploy target in {TARGETS}, got {target!r}")
+    if target == "local" and not state_dir:
+        raise ValueError("expected local_state_dir (where the local server's pid and log live), got an empty string")
     registry = Registry(store, model_name)
+    if (production := registry.identical_production(version)) is not None:
+        return keep_production(target, registry, dataset_prefix, version, production, run_id, serving_port, state_dir)
     if target == "kserve":
-        return deploy_kserve(registry, version, run_id, champion, kserve)
-    return deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir, champion)
+        record = deploy_kserve(registry, version, run_id, champion, kserve)
+    else:
+        record = deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir, champion)
+    return {**record, "summary": f"deployed {model_name} version {version} at {record['url']}"}
+
+
+def keep_production(target: str, registry: Registry, dataset_prefix: str, version: int, production: int, run_id: str,
+                    serving_port: int, state_dir: str) -> dict[str, Any]:
+    """Deploy nothing for a ``version`` whose weights are production's: the pointer stays, no revision is
+    rolled out. Target ``local`` starts production's server only when none serves it (stopped since)."""
+    note = (f"{registry.name} version {version} is identical to production version {production} (the same weights "
+            f"SHA-256): not deployed again; production stays at version {production}")
+    print(note)
+    url = serve_production_locally(registry, dataset_prefix, production, serving_port, Path(state_dir)) if target == "local" else ""
+    return {"target": target, "url": url, "model_name": registry.name, "version": production, "run_id": run_id,
+            "identical_to_production": production, "pushed_version": version, "summary": note}
+
+
+def serve_production_locally(registry: Registry, dataset_prefix: str, production: int, port: int, state_dir: Path) -> str:
+    """The URL of the local server of ``production``: the one running, or a new one, smoke-tested."""
+    served = local.read_state(state_dir)
+    uri = registry.version_uri(production)
+    if served is not None and split_pinned(served.model_uri)[0] == uri and is_ready(served.url, registry.name):
+        return served.url
+    pixels, _ = first_examples(registry.store, read_info(registry.store, dataset_prefix), "test", SMOKE_IMAGES)
+    # Pinned to the digest its promotion recorded, as the deploy that promoted it pinned it.
+    pinned = pinned_uri(uri, registry.production().record["manifest_sha256"])
+    return serve_locally(registry, pinned, pixels, port, state_dir)[0].url
 
 
 def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int | None,
@@ -97,21 +135,12 @@ def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int |
 def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_uri: str, run_id: str,
                  serving_port: int, state_dir: str, champion: int | None) -> dict[str, Any]:
     """Start the local KServe server, smoke-test it with test images over v1 and v2, then promote."""
-    if not state_dir:
-        raise ValueError("expected local_state_dir (where the local server's pid and log live), got an empty string")
     # Read before the server starts, so a data error leaves nothing running. The data set lives in the
     # registry's store: the pipeline passes one store_uri to every step.
     pixels, labels = first_examples(registry.store, read_info(registry.store, dataset_prefix), "test", SMOKE_IMAGES)
     before = registry.expect_production(champion)  # before the server starts: a moved pointer leaves nothing running
     digest = registry.manifest_sha256(version)
-    endpoint = local.start(pinned_uri(model_uri, digest), registry.name, serving_port, Path(state_dir))
-    passed = False
-    try:
-        smoke = local.smoke_test(endpoint, pixels)
-        passed = True
-    finally:
-        if not passed:
-            local.stop(Path(state_dir))  # a model that fails its smoke request is not left serving
+    endpoint, smoke = serve_locally(registry, pinned_uri(model_uri, digest), pixels, serving_port, Path(state_dir))
     registry.promote(version, actor=f"pipeline-run:{run_id}", expected=before, reason="deployed by pipeline",
                      manifest_sha256=digest)
     return {
@@ -122,3 +151,16 @@ def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_ur
         "run_id": run_id,
         "smoke": {"labels": labels.tolist(), **smoke},
     }
+
+
+def serve_locally(registry: Registry, uri: str, pixels: np.ndarray, port: int, state_dir: Path) -> tuple[local.LocalEndpoint, dict]:
+    """Start the local server on ``uri`` (replacing the one in ``state_dir``) and smoke-test it."""
+    endpoint = local.start(uri, registry.name, port, state_dir)
+    passed = False
+    try:
+        smoke = local.smoke_test(endpoint, pixels)
+        passed = True
+    finally:
+        if not passed:
+            local.stop(state_dir)  # a model that fails its smoke request is not left serving
+    return endpoint, smoke

@@ -31,6 +31,6 @@ def push_model(model: Input[Model], dataset: Input[Dataset], evaluation: Input[A
         result = json.load(f)
     lineage = {"run_id": run_id, "code_version": code_version, "dataset_hash": dataset.metadata["content_hash"],
                "dataset_prefix": dataset.metadata["prefix"], "training": dict(model.metadata)}
-    version, uri = push(open_store(store_uri), model_name, model.metadata["prefix"], result, result["verdict"], lineage)
-    print(f"registered {model_name} version {version} at {uri} ({result['verdict']['decision']})")
-    return namedtuple("Outputs", "version model_uri")(version, uri)
+    pushed = push(open_store(store_uri), model_name, model.metadata["prefix"], result, result["verdict"], lineage)
+    print(pushed.describe())
+    return namedtuple("Outputs", "version model_uri")(pushed.version, pushed.uri)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,31 @@ from components.store import Store
 from components.training.worker import HISTORY_FILE
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """A registered version, and the production version whose weights it repeats exactly (None: new weights)."""
+
+    model_name: str
+    version: int
+    uri: str
+    decision: str
+    identical_to: int | None
+
+    def describe(self) -> str:
+        """The push step's log line; a rerun that made production's very weights says so."""
+        line = f"registered {self.model_name} version {self.version} at {self.uri} ({self.decision})"
+        if self.identical_to is None:
+            return line
+        return (f"{line}; its weights are identical to production version {self.identical_to}'s (the same SHA-256: "
+                f"the same data, code and seed): nothing new to deploy, production stays at version {self.identical_to}")
+
+
 def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[str, Any],
-               verdict: dict[str, str], lineage: dict[str, Any]) -> tuple[int, str]:
-    """Copy the model at ``model_prefix`` into the registry of the same store, adding ``metrics.json``;
-    return (version, URI)."""
+               verdict: dict[str, str], lineage: dict[str, Any]) -> Pushed:
+    """Copy the model at ``model_prefix`` into the registry of the same store, adding ``metrics.json``.
+
+    Every candidate is registered, a repeat of production's weights too: its lineage (run, data) is a
+    record of its own."""
     registry = Registry(store, model_name)
     with tempfile.TemporaryDirectory(prefix="push-") as tmp:
         folder = Path(tmp)
@@ -24,4 +46,4 @@ def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[s
         (folder / HISTORY_FILE).unlink(missing_ok=True)  # training curves live with the run, not the version
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
         version = registry.push(folder, {"metrics": metrics, "verdict": verdict, "lineage": lineage})
-    return version, registry.version_uri(version)
+    return Pushed(model_name, version, registry.version_uri(version), verdict["decision"], registry.identical_production(version))
