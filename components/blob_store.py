@@ -16,15 +16,19 @@ and error messages show it with those parts removed. The connection string stays
 
 Every write records the object's SHA-256 in the blob metadata (``sha256``) and every read checks it, so a
 blob changed behind the store's back (or corrupted) fails loudly, naming the blob. Large files move in
-blocks and ranges of a few MiB (:class:`BlobSettings`), one at a time per object (many objects move in parallel over one client: :mod:`components.parallel`); the SDK's exponential retry policy retries transient failures
-(timeouts, 5xx, dropped connections). Conditional writes use ``If-None-Match: *`` and ``If-Match: ETAG``;
-each write also records a random ``writeid`` so that a retried request whose first attempt did land is
-recognised as this call's own write rather than reported as a lost race.
+blocks and ranges of a few MiB (:class:`BlobSettings`), one at a time per object (many objects move in
+parallel over one client: :mod:`components.parallel`). Transient failures are retried a bounded number of
+times (:class:`BoundedRetry`: a busy service with exponential backoff, a dead endpoint or a response cut
+short briefly), and every failure ends as one :class:`StoreError` line naming the object, the endpoint and
+what happened. Conditional writes use ``If-None-Match: *`` and ``If-Match: ETAG``; each write also records
+a random ``writeid`` so that a retried request whose first attempt did land is recognised as this call's
+own write rather than reported as a lost race.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import uuid
@@ -40,10 +44,12 @@ from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
 )
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.pipeline.transport._bigger_block_size_http_adapters import BiggerBlockSizeHTTPAdapter
@@ -64,6 +70,13 @@ CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 HASH_METADATA = "sha256"
 WRITER_METADATA = "writeid"
 AZURE_BLOB_HOST = re.compile(r"^[a-z0-9]{3,24}\.blob\.core\.windows\.net$")
+OS_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+INCOMPLETE_READ = re.compile(r"IncompleteRead\(\d+ bytes read, \d+ more expected\)")
+# azure-core's transport logs "Incomplete download." (a warning) for every response cut short; the StoreError
+# says it once. With logging unconfigured (the CLIs), Python's last-resort handler would print each one to
+# stderr; a NullHandler stops only that fallback: handlers an application configures still get the records.
+SDK_TRANSPORT_LOGGER = "azure.core.pipeline.transport"
+_NO_FALLBACK = logging.NullHandler()
 CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 BLOB_URI_FORMS = (
     "https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX], or a URI under the blob endpoint of "
@@ -73,25 +86,36 @@ BLOB_URI_FORMS = (
 
 @dataclass(frozen=True)
 class BlobSettings:
-    """Transfer and retry settings: bounded transfer sizes, exponential backoff between retries.
+    """Transfer and retry settings: bounded transfer sizes, bounded retries.
 
     Downloads use smaller ranges than uploads because azure-core briefly holds a list of one slot per
     byte of each range while reading it (``list()`` of a generator whose ``len()`` is the byte count):
     about 9x the range size in transient memory, so 4 MiB ranges peak near 40 MiB whatever the blob size.
+
+    Retries (:class:`BoundedRetry`) depend on what went wrong. A service that answered "busy" (503) or
+    500 is waited for with exponential backoff: ``initial_backoff + increment_base**n`` before retry n,
+    about 2, 2.75 and 3.9 s (9 s in all; 1 s + 2**n waited 17 s, the SDK's defaults well over a minute).
+    No connection at all, or a response that broke off or was cut short, is retried after
+    ``quick_backoff`` and only twice: a dead or wrong endpoint fails in about a second.
     """
 
     upload_block_size: int = 8 * 1024 * 1024
     download_chunk_size: int = 4 * 1024 * 1024
-    retry_total: int = 5
-    initial_backoff: float = 1.0  # seconds before the first retry; then initial + increment_base**n
-    increment_base: float = 2.0
+    retry_total: int = 5  # retries of one request, whatever the causes
+    retry_status: int = 3  # of those, after a retryable answer (503 Server Busy, 500, 408)
+    retry_connect: int = 2  # after no connection (refused, unknown host, connect timeout)
+    retry_read: int = 2  # after a response that broke off (reset, read timeout) or was cut short
+    initial_backoff: float = 0.5  # seconds, plus increment_base**n, before retry n after an answer
+    increment_base: float = 1.5
     jitter: float = 0.5
+    quick_backoff: float = 0.5  # seconds before retrying a failed connection or a broken response
     connection_timeout: int = 20
     read_timeout: int = 120
     max_connections: int = 64  # kept open per host: parallel reads need more than the SDK's default 10
 
     def transport(self) -> RequestsTransport:
         """The SDK's requests transport with a connection pool sized for parallel reads and writes."""
+        logging.getLogger(SDK_TRANSPORT_LOGGER).addHandler(_NO_FALLBACK)  # once: addHandler skips a handler it has
         session = requests.Session()
         # As azure-core sets up its own sessions (it retries in its policy, never in urllib3), plus the pool size.
         adapter = BiggerBlockSizeHTTPAdapter(max_retries=Retry(total=False, redirect=False, raise_on_status=False),
@@ -102,14 +126,8 @@ class BlobSettings:
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`BlobServiceClient` (bounded transfer sizes, the retry policy)."""
-        retry = ExponentialRetry(
-            initial_backoff=self.initial_backoff,
-            increment_base=self.increment_base,
-            retry_total=self.retry_total,
-            random_jitter_range=self.jitter,
-        )
         return {
-            "retry_policy": retry,
+            "retry_policy": BoundedRetry(self),
             "max_single_put_size": self.upload_block_size,
             "max_block_size": self.upload_block_size,
             "max_single_get_size": self.download_chunk_size,
@@ -118,6 +136,34 @@ class BlobSettings:
             "read_timeout": self.read_timeout,
             "transport": self.transport(),
         }
+
+
+class BoundedRetry(ExponentialRetry):
+    """The SDK's exponential retry, bounded per cause (:class:`BlobSettings`).
+
+    Two changes to the SDK's policy: a response cut short (``IncompleteReadError``, a ``DecodeError``) counts
+    as the read failure it is (the SDK counts it only against the total, so it was retried five times with
+    the longest backoffs), and a failure that brought no answer waits ``quick_backoff``, not the
+    exponential backoff meant for a service that asked to be left alone.
+    """
+
+    def __init__(self, settings: BlobSettings):
+        super().__init__(initial_backoff=settings.initial_backoff, increment_base=settings.increment_base,
+                         retry_total=settings.retry_total, random_jitter_range=settings.jitter,
+                         retry_connect=settings.retry_connect, retry_read=settings.retry_read,
+                         retry_status=settings.retry_status)
+        self.quick_backoff = settings.quick_backoff
+
+    def increment(self, settings: dict[str, Any], request: Any, response: Any = None, error: AzureError | None = None) -> bool:
+        if isinstance(error, DecodeError):
+            settings["read"] -= 1
+        settings["no_answer"] = error is not None
+        return super().increment(settings, request, response=response, error=error)
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        if settings.get("no_answer"):
+            return self.quick_backoff
+        return super().get_backoff_time(settings)
 
 
 @dataclass(frozen=True)
@@ -413,14 +459,23 @@ class BlobStore(Store):
             reason = str(exc.message or exc).splitlines()[0]
             raise StoreError(f"could not authenticate to {self.location.endpoint} to {action} {key!r}: {reason}") from None
         except HttpResponseError as exc:
+            if exc.status_code is None:  # no status: the body broke off (the SDK's IncompleteReadError, or its wrapper)
+                raise StoreError(self._no_answer(action, key, exc)) from exc
             raise StoreError(
                 f"could not {action} {key!r} in {self.uri}: HTTP {exc.status_code} {_error_code(exc) or exc.reason}"
             ) from None
         except AzureError as exc:
-            raise StoreError(
-                f"could not reach {self.location.endpoint} to {action} {key!r} after "
-                f"{self.settings.retry_total} retries: {type(exc).__name__}"
-            ) from exc
+            raise StoreError(self._no_answer(action, key, exc)) from exc
+
+    def _no_answer(self, action: str, key: str, exc: AzureError) -> str:
+        """What failed when no usable answer came back; the request was retried (BoundedRetry) before this."""
+        reason = _os_reason(exc) or type(exc).__name__
+        where = f"could not {action} {key!r} at {self.location.endpoint} (container {self.location.container!r})"
+        if isinstance(exc, ServiceRequestError):
+            return f"{where}: no connection ({reason}) after retrying; expected the Blob service there: is it running, is the store URI right?"
+        if isinstance(exc, HttpResponseError):
+            return f"{where}: every response was cut short before its end ({reason}); the service is failing, retried and gave up"
+        return f"{where}: the connection broke off before a complete response ({reason}); retried and gave up"
 
 
 def _copy_chunks(chunks: Iterator[bytes], out: BinaryIO) -> str:
@@ -440,8 +495,21 @@ def _new_writer() -> str:
 
 
 def _error_code(exc: HttpResponseError) -> str:
-    # The SDK gives either a StorageErrorCode member or the raw string from the response.
-    return str(getattr(exc.error_code, "value", exc.error_code) or "")
+    # The SDK gives a StorageErrorCode member or the raw string from the response; an error it raised before
+    # any answer was parsed (a response cut short) has no error_code at all.
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's or HTTP library's words inside the SDK's message: 'Connection refused',
+    'Connection reset by peer', 'IncompleteRead(10 bytes read, 20 more expected)'; '' when there are none."""
+    text = str(exc)
+    if found := OS_REASON.search(text):
+        return found.group(1).strip()
+    if found := INCOMPLETE_READ.search(text):
+        return found.group(0)
+    return ""
 
 
 def _is_container_missing(exc: ResourceNotFoundError) -> bool:

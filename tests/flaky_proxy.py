@@ -2,7 +2,9 @@
 
 Each request is either answered with ``503 Server Busy`` without reaching Azurite (``busy``), forwarded and
 its response then dropped by closing the connection (``drop``: the request landed, the client never hears
-so), or forwarded normally. Requests are signed with the account key over the path, not the host, so they
+so), forwarded and its response then cut short (``cut``: the status line and headers announce the whole body,
+half of it is sent, then the connection is closed; only for requests whose path contains ``cut_path``), or
+forwarded normally. Requests are signed with the account key over the path, not the host, so they
 stay valid through the proxy.
 """
 
@@ -21,14 +23,17 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "host"}
 
 @dataclass
 class Faults:
-    """What the proxy does to the next requests: fail ``busy`` of them with 503, then drop ``drop`` responses."""
+    """What the proxy does to the next requests: fail ``busy`` of them with 503, then drop ``drop`` responses,
+    then cut ``cut`` responses short (of requests whose path contains ``cut_path``; others are forwarded)."""
 
     busy: int = 0
     drop: int = 0
+    cut: int = 0
+    cut_path: str = ""
     seen: list[str] = field(default_factory=list)  # "METHOD outcome" for every request, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_outcome(self, method: str) -> str:
+    def next_outcome(self, method: str, path: str = "") -> str:
         with self.lock:
             if self.busy:
                 self.busy -= 1
@@ -36,6 +41,9 @@ class Faults:
             elif self.drop:
                 self.drop -= 1
                 outcome = "drop"
+            elif self.cut and self.cut_path in path:
+                self.cut -= 1
+                outcome = "cut"
             else:
                 outcome = "forward"
             self.seen.append(f"{method} {outcome}")
@@ -50,7 +58,7 @@ def handler_for(upstream: str, faults: Faults) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def _relay(self) -> None:
-            outcome = faults.next_outcome(self.command)
+            outcome = faults.next_outcome(self.command, self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if outcome == "busy":
                 self._send(503, {"x-ms-error-code": "ServerBusy", "Content-Length": "0"}, b"")
@@ -65,6 +73,9 @@ def handler_for(upstream: str, faults: Faults) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # the request landed upstream; the client never hears back
                 return
             relayed = {k: v for k, v in response.getheaders() if k.lower() not in HOP_HEADERS | {"content-length"}}
+            if outcome == "cut":
+                self._send_cut(response.status, relayed, payload)
+                return
             # A HEAD answer announces the object's length without a body.
             relayed["Content-Length"] = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(payload))
             self._send(response.status, relayed, payload)
@@ -76,6 +87,12 @@ def handler_for(upstream: str, faults: Faults) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
+
+        def _send_cut(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+            # The length of the whole body (at least one byte, so an empty one can be cut too), half of it sent.
+            self._send(status, {**headers, "Content-Length": str(max(len(payload), 1))}, payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
 
         do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _relay
 
