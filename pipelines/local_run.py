@@ -44,7 +44,7 @@ from components.registry import Registry, split_pinned
 from components.store import Store, open_store
 from pipelines.pipeline import training_pipeline
 from pipelines.preflight import preflight
-from pipelines.run_folder import LATEST, LOGS, collect_reports, task_output
+from pipelines.run_folder import LOGS, collect_reports, task_output
 from pipelines.run_progress import RunProgress, StepFailed, announce, following, key_figure, shown_path
 from serving.client import predict_v1
 
@@ -106,8 +106,8 @@ def run_followed(run_root: Path, folder: Path, arguments: dict[str, Any], verbos
     """:func:`run_local` with one console line per step and each step's log under ``folder``; return the reports
     copied into ``folder`` (also after a failure). A failed step raises :class:`StepFailed`."""
     progress = RunProgress(folder / LOGS, sys.stdout, lambda task: key_figure(task, task_output(run_root, task) or {}), verbose)
-    announce(sys.stdout, "run", f"{run_root.name}: step logs and reports in {shown_path(folder)}/ "
-                                f"(also {shown_path(folder.parent / LATEST)}/){'' if verbose else '; -v shows all output'}")
+    hint = "" if verbose else " (-v: all of kfp.local's output)"
+    announce(sys.stdout, "run", f"{run_root.name}: logs and reports in {shown_path(folder)}/{hint}")
     try:
         with following(progress):
             run_local(run_root, arguments)

@@ -36,7 +36,7 @@ def check_data(data_uri: str) -> str:
     """List ``data_uri`` and check its layout as the prepare step does (nothing is decoded)."""
     source = open_source(open_store(data_uri))
     try:
-        return f"{len(source)} images in {len(source.class_names)} classes ({source.source_format}) at {data_uri}"
+        return f"{len(source)} images in {len(source.class_names)} classes ({source.source_format})"
     finally:
         source.close()
 
@@ -50,4 +50,4 @@ def check_store_writable(store: Store) -> str:
     except OSError as exc:  # a local folder; the Blob store raises StoreError with the service's reason itself
         raise StoreError(f"expected a store this user can write to at {store.uri}, got: {exc.strerror or exc}"
                          f"{f' ({exc.filename})' if exc.filename else ''}") from None
-    return f"store {store.uri} writable"
+    return "store writable"
