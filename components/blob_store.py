@@ -70,8 +70,12 @@ CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 HASH_METADATA = "sha256"
 WRITER_METADATA = "writeid"
 AZURE_BLOB_HOST = re.compile(r"^[a-z0-9]{3,24}\.blob\.core\.windows\.net$")
-OS_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
-INCOMPLETE_READ = re.compile(r"IncompleteRead\(\d+ bytes read, \d+ more expected\)")
+# What the OS or the HTTP library said, inside the SDK's long messages (group 1, else the whole match).
+FAILURE_REASONS = (
+    re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)"),  # Connection refused, Connection reset by peer, Name or service not known
+    re.compile(r"IncompleteRead\(\d+ bytes read, \d+ more expected\)"),
+    re.compile(r"RemoteDisconnected\('([^']+)'\)"),  # Remote end closed connection without response
+)
 # azure-core's transport logs "Incomplete download." (a warning) for every response cut short; the StoreError
 # says it once. With logging unconfigured (the CLIs), Python's last-resort handler would print each one to
 # stderr; a NullHandler stops only that fallback: handlers an application configures still get the records.
@@ -502,13 +506,11 @@ def _error_code(exc: HttpResponseError) -> str:
 
 
 def _os_reason(exc: BaseException) -> str:
-    """The operating system's or HTTP library's words inside the SDK's message: 'Connection refused',
-    'Connection reset by peer', 'IncompleteRead(10 bytes read, 20 more expected)'; '' when there are none."""
-    text = str(exc)
-    if found := OS_REASON.search(text):
-        return found.group(1).strip()
-    if found := INCOMPLETE_READ.search(text):
-        return found.group(0)
+    """The operating system's or HTTP library's words inside the SDK's message (:data:`FAILURE_REASONS`);
+    '' when there are none."""
+    for pattern in FAILURE_REASONS:
+        if found := pattern.search(str(exc)):
+            return found.group(found.lastindex or 0).strip()
     return ""
 
 

@@ -79,7 +79,8 @@ def test_a_manifest_whose_responses_are_cut_short_ends_as_one_error_line_after_b
 def test_connections_dropped_before_the_answer_end_as_one_error_line_after_bounded_tries(proxied: Proxied) -> None:
     proxied.faults.drop = 100
     done = registry_cli(proxied.connection_string, "history", "--store", proxied.uri, "--model", MODEL)
-    assert_one_error_line(done, "list 'models/digits'", "the connection broke off before a complete response")
+    assert_one_error_line(done, "list 'models/digits'", "the connection broke off before a complete response "
+                          "(Remote end closed connection without response)")
     assert proxied.faults.seen == ["GET drop"] * TRIES_AFTER_NO_ANSWER
     proxied.faults.drop = 0
     assert registry_cli(proxied.connection_string, "history", "--store", proxied.uri, "--model", MODEL).returncode == 0
