@@ -15,7 +15,9 @@ IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pypro
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(DEPS_STAMP) $(NODE_STAMP) ## create .venv with the pinned packages and Azurite (fast when nothing changed)
+setup: $(DEPS_STAMP) $(NODE_STAMP) ## create .venv with the pinned packages, Azurite and headless Chromium (fast when nothing changed)
+	@# The browser test of the reports needs it; where it cannot be installed that test skips, saying so.
+	-@bash .ci/install-browser
 
 # Re-runs only when a lock or pyproject changes: `make setup` is idempotent and quick otherwise.
 # requirements.lock is the runtime tree (what the image installs); requirements-test.lock adds the test tools.
