@@ -97,7 +97,7 @@ def format_change(record: dict[str, Any]) -> str:
             f"{record.get('previous') or 'none'} -> {record['version']}  by {record.get('by', MISSING)}{forced}{reason}")
 
 
-SHOWN_LOCATIONS = ("store_uri", "prefix")  # lineage.training entries that say where, not how
+KEY_TRAINING = ("arch", "epochs", "best_epoch", "batch_size", "optimizer", "lr", "num_ps", "num_workers", "mode", "seed")
 
 
 def describe_version(manifest: dict[str, Any], production: int | None, identical_to: int | None) -> list[str]:
@@ -111,7 +111,7 @@ def describe_version(manifest: dict[str, Any], production: int | None, identical
     weights = weights_sha256(manifest) or MISSING
     same = f" (identical to production version {identical_to})" if identical_to is not None else ""
     params = {**(lineage.get("parameters") or {}), **(lineage.get("training") or {})}
-    training = ", ".join(f"{k}={v}" for k, v in params.items() if k not in SHOWN_LOCATIONS and not isinstance(v, (dict, list)))
+    training = ", ".join(f"{k}={params[k]}" for k in KEY_TRAINING if k in params)
     fields = [
         ("production", "yes" if version == production else f"no (production: {production or 'none'})"),
         ("created", str(manifest.get("created_at", MISSING))),

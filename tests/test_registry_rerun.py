@@ -15,15 +15,19 @@ from components.modelfile import WEIGHTS_FILE
 from components.push.push import push_model
 from components.registry import Registry, split_pinned
 from components.store import Store, open_store
+from components.training.worker import HISTORY_FILE
 from pipelines.registry_cli import main
 from tests.conftest import make_version_folder
 from tests.test_deploy_gate import META, deploy_with
 
 
 def trained(store: Store, tmp_path: Path, run: str, seed: int) -> str:
-    """A training run's model files in the store (as train_model leaves them); return their prefix."""
+    """A training run's model files in the store (as train_model leaves them, its history too); return their prefix."""
     folder = make_version_folder(tmp_path / run, seed=seed)
     prefix = f"runs/{run}/model"
+    config = {"store_uri": store.uri, "dataset_prefix": "prepared/x", "output_prefix": prefix, "arch": "small_cnn",
+              "epochs": 3, "lr": 0.003, "seed": seed}
+    (folder / HISTORY_FILE).write_text(json.dumps({"epochs": [], "config": config}))
     for path in folder.iterdir():
         store.upload_file(f"{prefix}/{path.name}", path)
     return prefix
@@ -44,6 +48,18 @@ def test_push_registers_a_rerun_of_production_and_says_it_is_identical(store_uri
                                 "nothing new to deploy, production stays at version 1")
     other = push_model(store, "digits", trained(store, tmp_path, "r3", seed=1), {}, verdict, {"run_id": "r3"})
     assert (other.version, other.identical_to) == (3, None)
+
+
+def test_push_records_the_training_settings_without_locations_and_show_prints_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(str(tmp_path / "store"))
+    pushed = push_model(store, "digits", trained(store, tmp_path, "r1", seed=7), {}, {"decision": "accepted", "reason": ""}, {})
+    manifest = Registry(store, "digits").manifest(pushed.version)
+    assert manifest["lineage"]["parameters"] == {"arch": "small_cnn", "epochs": 3, "lr": 0.003, "seed": 7}
+    assert HISTORY_FILE not in manifest["files"]
+    assert main(["registry", "show", "--store", store.uri, "--model", "digits", "--version", "1"]) == 0
+    assert "  training    arch=small_cnn, epochs=3, lr=0.003, seed=7\n" in capsys.readouterr().out
 
 
 def test_identical_production_compares_the_weights_hash_with_production_only(

@@ -13,6 +13,8 @@ from components.registry import Registry
 from components.store import Store
 from components.training.worker import HISTORY_FILE
 
+LOCATION_SETTINGS = ("store_uri", "dataset_prefix", "output_prefix", "checkpoint_prefix")  # where, not how
+
 
 @dataclass(frozen=True)
 class Pushed:
@@ -43,7 +45,19 @@ def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[s
     with tempfile.TemporaryDirectory(prefix="push-") as tmp:
         folder = Path(tmp)
         store.download_prefix(model_prefix, folder)
+        lineage = {**lineage, "parameters": training_parameters(folder / HISTORY_FILE)}
         (folder / HISTORY_FILE).unlink(missing_ok=True)  # training curves live with the run, not the version
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
         version = registry.push(folder, {"metrics": metrics, "verdict": verdict, "lineage": lineage})
     return Pushed(model_name, version, registry.version_uri(version), verdict["decision"], registry.identical_production(version))
+
+
+def training_parameters(history: Path) -> dict[str, Any]:
+    """The settings the model was trained with, as the training run recorded them (``config`` in its
+    history), without the store locations it read and wrote."""
+    try:
+        config = json.loads(history.read_text()).get("config") or {}
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        # They are lineage, not the model: a folder made by hand without a readable history still registers.
+        return {}
+    return {name: value for name, value in config.items() if name not in LOCATION_SETTINGS}
