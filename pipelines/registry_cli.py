@@ -72,6 +72,11 @@ def candidate_accuracy(manifest: dict[str, Any]) -> float | None:
     return accuracy if isinstance(accuracy, (int, float)) else None
 
 
+def _setting(value: Any) -> Any:
+    # KFP artifact metadata turns integers into floats (best_epoch 2 comes back as 2.0).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _figure(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
 
@@ -111,7 +116,7 @@ def describe_version(manifest: dict[str, Any], production: int | None, identical
     weights = weights_sha256(manifest) or MISSING
     same = f" (identical to production version {identical_to})" if identical_to is not None else ""
     params = {**(lineage.get("parameters") or {}), **(lineage.get("training") or {})}
-    training = ", ".join(f"{k}={params[k]}" for k in KEY_TRAINING if k in params)
+    training = ", ".join(f"{k}={_setting(params[k])}" for k in KEY_TRAINING if k in params)
     fields = [
         ("production", "yes" if version == production else f"no (production: {production or 'none'})"),
         ("created", str(manifest.get("created_at", MISSING))),

@@ -136,7 +136,7 @@ def test_show_of_a_pipeline_version_names_the_champion_it_was_compared_with(tmp_
     evaluation = {"candidate": {"accuracy": 0.9901}, "champion": {"accuracy": 0.9944}, "champion_version": 1,
                   "verdict": {"decision": "rejected", "reason": "worse than production"}}
     lineage = {"run_id": "run-2", "code_version": "c0ffee", "dataset_hash": "f" * 64, "dataset_prefix": "prepared/f",
-               "training": {"store_uri": uri, "prefix": "runs/2/model", "arch": "small_cnn", "best_epoch": 3}}
+               "training": {"store_uri": uri, "prefix": "runs/2/model", "arch": "small_cnn", "best_epoch": 3.0}}  # KFP's float
     registry.push(model_folder(tmp_path, "b"), {"metrics": evaluation, "verdict": evaluation["verdict"], "lineage": lineage})
     code, out, _ = run_cli(capsys, "show", "--store", uri, "--model", MODEL, "--version", "2")
     assert code == 0
