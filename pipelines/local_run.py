@@ -150,6 +150,7 @@ class Summary:
     prediction: dict[str, Any] | None
     true_label: str | None
     reports: list[Path] = field(default_factory=list)
+    identical_to: int | None = None  # the production version whose weights this version's are, byte for byte
 
 
 def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str, version: int,
@@ -162,8 +163,11 @@ def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name
     summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None,
                       list(reports))
     endpoint = local_server.read_state(Path(arguments["local_state_dir"]))
+    # A rerun that reproduced production's weights was not deployed again: production's server speaks for it.
+    summary.identical_to = registry.identical_production(version) if verdict["decision"] == "accepted" else None
+    served = summary.identical_to or version
     # Another run may have replaced the server since: only a server of this version speaks for this run.
-    if verdict["decision"] == "accepted" and endpoint is not None and _serves(endpoint, registry.version_uri(version)):
+    if verdict["decision"] == "accepted" and endpoint is not None and _serves(endpoint, registry.version_uri(served)):
         info = read_info(store, manifest["lineage"]["dataset_prefix"])
         pixels, labels = first_examples(store, info, "test", 1)
         _write_requests(workdir, pixels)
@@ -185,6 +189,8 @@ def _write_requests(workdir: Path, pixels: np.ndarray) -> None:
 
 def format_summary(s: Summary, workdir: Path) -> str:
     lines = ["", "=" * 72, f"test accuracy      {s.accuracy:.4f}", f"registry version   {s.model_name} v{s.version} ({s.decision}: {s.reason})"]
+    if s.identical_to is not None:
+        lines.append(f"{'':<19}identical to production v{s.identical_to} (the same weights): not deployed again")
     reports = [f"{'reports' if i == 0 else '':<19}{shown_path(path)}" for i, path in enumerate(s.reports)]
     if s.url is None:
         why = "the gate rejected the candidate" if s.decision != "accepted" else "no local server serves this version now"
@@ -192,7 +198,7 @@ def format_summary(s: Summary, workdir: Path) -> str:
         return "\n".join(lines)
     top = s.prediction["probabilities"][s.prediction["class"]]
     lines += [
-        f"endpoint           {s.url}  (model '{s.model_name}'; stop it with: make stop)",
+        f"endpoint           {s.url}  (model '{s.model_name}' v{s.identical_to or s.version}; stop it with: make stop)",
         f"REST prediction    class {s.prediction['label']} with p={top:.3f} (true label {s.true_label})",
         *reports,
         "",

@@ -65,3 +65,19 @@ def test_the_summary_ends_with_the_runs_reports(store_uri: str, tmp_path: Path) 
         f"                   {tmp_path}/runs/r1/evaluation.md",
         "=" * 72,
     ]
+
+
+def test_a_rerun_with_productions_weights_says_so_in_the_summary(store_uri: str, tmp_path: Path) -> None:
+    """Same weights as production (a rerun on the same data and seed): the summary names production's version
+    instead of claiming a deployment that the deploy step rightly skipped."""
+    store = open_store(store_uri)
+    registry = Registry(store, MODEL)
+    metadata = {"metrics": {"candidate": {"accuracy": 0.97}}, "lineage": {"run_id": "run-a"},
+                "verdict": {"decision": "accepted", "reason": "0.97 meets the threshold"}}
+    first = registry.push(model_folder(tmp_path / "a", "same"), metadata)
+    registry.promote(first, actor="test")
+    rerun = registry.push(model_folder(tmp_path / "b", "same"), {**metadata, "lineage": {"run_id": "run-b"}})
+    summary = summarize(store, tmp_path, {"local_state_dir": str(tmp_path / "serving")}, MODEL, rerun)
+    assert (summary.version, summary.identical_to) == (rerun, first)
+    lines = format_summary(summary, tmp_path).splitlines()
+    assert f"{'':<19}identical to production v{first} (the same weights): not deployed again" in lines

@@ -38,6 +38,6 @@ def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri
                     serving_port, local_state_dir, judged_champion(evaluation.path), kserve)
     with open(endpoint.path, "w") as f:
         json.dump(record, f, indent=2)
-    endpoint.metadata.update({"url": record["url"], "version": version})
-    print(f"deployed {model_name} version {version} at {record['url']}")
+    endpoint.metadata.update({"url": record["url"], "version": record["version"]})
+    print(record["summary"])  # deployed, or kept production when this version's weights are production's
     return record["url"]
