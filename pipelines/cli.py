@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except (ProjectError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    except OSError as exc:  # a local store's folder that cannot be read or written (permissions, a full disk…)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.exit(f"error: {where}{exc.strerror or exc}")
     except RuntimeError as exc:
         # kfp.local raises RuntimeError when a task fails; the task's own log above says why.
         sys.exit(f"error: the pipeline failed: {exc}")

@@ -313,3 +313,17 @@ def test_a_push_that_completes_after_being_found_abandoned_is_not_deleted(tmp_pa
     with pytest.raises(ConflictError, match="version 2 has a manifest now"):
         registry.clear_abandoned(push)
     assert all(registry.store.exists(key) for key in push.files)
+
+
+
+def test_a_local_store_path_that_cannot_be_a_folder_is_one_error_line(tmp_path) -> None:
+    """An OSError from a local store's folder (here: a file where a folder must be; permissions and a full disk
+    take the same path) ends as one ``error:`` line naming the path, not a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "store"
+    done = subprocess.run([sys.executable, "-m", "pipelines", "data", "put", "--sample", "--to", str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.strip() == f"error: {target}: Not a directory"
