@@ -120,10 +120,12 @@ def test_axis_ticks_are_round_numbers_that_cover_the_range(low, high, ticks):
     assert axis_ticks(low, high) == pytest.approx(ticks)
 
 
-def test_the_accuracy_range_runs_from_just_below_the_lowest_accuracy_to_1():
-    assert accuracy_range([0.95, 0.99]) == pytest.approx((0.94, 1.0))
-    assert accuracy_range([0.2, 0.6]) == pytest.approx((0.12, 1.0))
-    assert accuracy_range([0.0]) == (0.0, 1.0)
+def test_the_accuracy_range_runs_from_just_below_the_later_epochs_lowest_accuracy_to_1():
+    assert accuracy_range([[0.95, 0.99]]) == pytest.approx((0.93, 1.0))
+    assert accuracy_range([[0.2, 0.6]]) == pytest.approx((0.0, 1.0))
+    # A run that climbs from 0.18 (the default make run): its first third (0.18, 0.52) falls below the axis.
+    assert accuracy_range([[0.18, 0.52, 0.77, 0.94, 0.95, 0.97], [0.40, 0.80, 0.90, 0.96, 0.98, 0.99]]) == pytest.approx((0.7125, 1.0))
+    assert accuracy_range([[0.0]]) == (0.0, 1.0)
 
 
 # --- the pages in the browser ----------------------------------------------------------------------------
@@ -219,3 +221,14 @@ def test_the_accuracy_axis_is_zoomed_so_095_to_099_fills_the_chart(training_page
     plot = accuracy["plot"]
     colours = {pixel(shot, plot, dx, dy) for dx in range(2, int(plot["w"]) - 2, 2) for dy in range(2, int(plot["h"]) - 2, 2)}
     assert any(b > r + 60 for r, _, b in colours) and any(r > b + 60 for r, _, b in colours), "both curves are drawn"
+
+
+def test_a_zoomed_axis_says_which_values_it_cuts_off():
+    """A run that starts far below its later accuracy: the chart is zoomed, and says so in its title."""
+    from tests.report_samples import sample_history
+
+    history = sample_history(6)
+    history[0]["train_accuracy"] = history[0]["val_accuracy"] = 0.18
+    page = training_report(history, {})
+    assert "(values below 0.94, from the first epochs, are cut off)" in page
+    assert "are cut off" not in training_report(sample_history(6), {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 WIDTH, HEIGHT = 560, 250
@@ -39,10 +39,13 @@ def axis_ticks(low: float, high: float) -> list[float]:
     return [round(k * step, 12) for k in range(first, max(last, first + 1) + 1)]
 
 
-def accuracy_range(values: Sequence[float]) -> tuple[float, float]:
-    """From just below the lowest accuracy to 1: 0.95–0.99 fills the chart instead of being a flat line at the top."""
-    lowest = min(values, default=0.0)
-    return max(0.0, lowest - max(0.01, (1.0 - lowest) * 0.1)), 1.0
+def accuracy_range(series: Iterable[Sequence[float]]) -> tuple[float, float]:
+    """From just below the lowest accuracy of the later epochs (the last two thirds of each series) to 1: a run
+    that climbs from 0.2 and then gains 0.95 → 0.99 shows those last points apart instead of as a flat line
+    at the top. The first epochs' lower values fall below the axis and are cut off at the plot's edge."""
+    later = [v for s in series for v in s[len(s) // 3 :] if math.isfinite(v)]
+    lowest = min(later, default=0.0)
+    return max(0.0, lowest - max(0.02, (1.0 - lowest) * 0.25)), 1.0
 
 
 def _epoch_ticks(count: int) -> list[int]:
@@ -66,8 +69,12 @@ def line_chart(title: str, series: dict[str, Sequence[float]], y_range: tuple[fl
         return bottom - (bottom - TOP) * ((v - low) / ((high - low) or 1.0))
 
     digits = max(0, -math.floor(math.log10(ticks[1] - ticks[0]) + 1e-9))
-    parts = [f'<rect class="plot-area" x="{LEFT}" y="{TOP}" width="{right - LEFT}" height="{bottom - TOP}" fill="none" stroke="#888"/>',
-             f'<text x="{LEFT}" y="{TOP - 10}" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+    clip = "plot-" + "".join(c if c.isalnum() else "-" for c in title)  # curves stay inside the plot when zoomed
+    parts = [f'<clipPath id="{clip}"><rect x="{LEFT}" y="{TOP}" width="{right - LEFT}" height="{bottom - TOP}"/></clipPath>',
+             f'<rect class="plot-area" x="{LEFT}" y="{TOP}" width="{right - LEFT}" height="{bottom - TOP}" fill="none" stroke="#888"/>',
+             f'<text x="{LEFT}" y="{TOP - 10}" font-size="13" font-weight="bold">{html.escape(title)}'
+             + (f'<tspan class="cut-note" font-size="11" font-weight="normal" fill="#666"> (values below {low:.{digits}f}, '
+                'from the first epochs, are cut off)</tspan>' if min(values) < low else '') + '</text>',
              f'<text x="{(LEFT + right) / 2:.0f}" y="{HEIGHT - 6}" font-size="11" text-anchor="middle">epoch</text>']
     for v in ticks:
         parts.append(f'<line x1="{LEFT}" y1="{y_of(v):.1f}" x2="{right}" y2="{y_of(v):.1f}" stroke="#eee"/>'
@@ -78,9 +85,10 @@ def line_chart(title: str, series: dict[str, Sequence[float]], y_range: tuple[fl
     legend = []
     for k, ((name, data), colour) in enumerate(zip(series.items(), COLOURS)):
         points = [(x_of(i + 1), y_of(v)) for i, v in enumerate(data) if math.isfinite(v)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
+        parts.append(f'<polyline clip-path="url(#{clip})" fill="none" stroke="{colour}" stroke-width="2" '
+                     f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
         if count <= MARKERS_UP_TO:
-            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>' for x, y in points]
+            parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>' for x, y in points if y <= bottom]
         y = TOP + 10 + 18 * k
         legend.append(f'<line x1="{right + 12}" y1="{y}" x2="{right + 32}" y2="{y}" stroke="{colour}" stroke-width="3"/>'
                       f'<text x="{right + 38}" y="{y + 4}" font-size="12">{html.escape(name)}</text>')
@@ -92,7 +100,7 @@ def training_report(history: list[dict[str, Any]], config: dict[str, Any]) -> st
     """The whole report: curves, the per-epoch table and the configuration."""
     loss = line_chart("loss", {"train": [e["loss"] for e in history], "validation": [e["val_loss"] for e in history]})
     accuracies = {"train": [e["train_accuracy"] for e in history], "validation": [e["val_accuracy"] for e in history]}
-    accuracy = line_chart("accuracy", accuracies, accuracy_range([v for s in accuracies.values() for v in s]))
+    accuracy = line_chart("accuracy", accuracies, accuracy_range(accuracies.values()))
     rows = "".join(
         f"<tr><td>{e['epoch']}</td><td>{e['loss']:.4f}</td><td>{e['train_accuracy']:.4f}</td><td>{e['val_loss']:.4f}</td>"
         f"<td>{e['val_accuracy']:.4f}</td><td>{e['comm_fraction']:.0%}</td><td>{e['seconds']:.1f}</td></tr>"
