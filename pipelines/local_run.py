@@ -151,6 +151,7 @@ class Summary:
     true_label: str | None
     reports: list[Path] = field(default_factory=list)
     identical_to: int | None = None  # the production version whose weights this version's are, byte for byte
+    run_id: str | None = None  # the pipeline's run id (kfp.local draws its own): the one the reports and lineage show
 
 
 def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name: str, version: int,
@@ -163,6 +164,7 @@ def summarize(store: Store, workdir: Path, arguments: dict[str, Any], model_name
     summary = Summary(model_name, version, manifest["metrics"]["candidate"]["accuracy"], verdict["decision"], verdict["reason"], None, None, None,
                       list(reports))
     endpoint = local_server.read_state(Path(arguments["local_state_dir"]))
+    summary.run_id = manifest.get("lineage", {}).get("run_id")
     # A rerun that reproduced production's weights was not deployed again: production's server speaks for it.
     summary.identical_to = registry.identical_production(version) if verdict["decision"] == "accepted" else None
     served = summary.identical_to or version
@@ -189,6 +191,8 @@ def _write_requests(workdir: Path, pixels: np.ndarray) -> None:
 
 def format_summary(s: Summary, workdir: Path) -> str:
     lines = ["", "=" * 72, f"test accuracy      {s.accuracy:.4f}", f"registry version   {s.model_name} v{s.version} ({s.decision}: {s.reason})"]
+    if s.run_id:
+        lines.append(f"{'':<19}pipeline run {s.run_id} (the run id in the reports and in the version's lineage)")
     if s.identical_to is not None:
         lines.append(f"{'':<19}identical to production v{s.identical_to} (the same weights): not deployed again")
     reports = [f"{'reports' if i == 0 else '':<19}{shown_path(path)}" for i, path in enumerate(s.reports)]

@@ -59,6 +59,7 @@ def test_the_summary_ends_with_the_runs_reports(store_uri: str, tmp_path: Path) 
     summary = summarize(open_store(store_uri), tmp_path, {"local_state_dir": str(tmp_path / "serving")}, MODEL, version, reports)
     lines = format_summary(summary, tmp_path).splitlines()
     assert lines[lines.index(f"registry version   {MODEL} v{version} (rejected: mine below the threshold)") + 1:] == [
+        f"{'':<19}pipeline run run-mine (the run id in the reports and in the version's lineage)",
         "endpoint           not deployed (the gate rejected the candidate)",
         f"reports            {tmp_path}/runs/r1/report.html",
         f"                   {tmp_path}/runs/r1/data.md",
