@@ -17,7 +17,7 @@ help: ## list the targets
 
 setup: $(DEPS_STAMP) $(NODE_STAMP) ## create .venv with the pinned packages, Azurite and headless Chromium (fast when nothing changed)
 	@# The browser test of the reports needs it; where it cannot be installed that test skips, saying so.
-	-@bash .ci/install-browser
+	-@bash .ci/install-browser --quiet
 
 # Re-runs only when a lock or pyproject changes: `make setup` is idempotent and quick otherwise.
 # requirements.lock is the runtime tree (what the image installs); requirements-test.lock adds the test tools.
