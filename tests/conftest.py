@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,18 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 9
         time.sleep(0.25)
 
 
+@contextmanager
+def ready_server(proc: subprocess.Popen, port: int, log: Path) -> Iterator[str]:
+    """The base URL of a started predictor, once it is ready; the process is stopped on leaving."""
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def served_version(tmp_path_factory) -> Path:
     return make_version_folder(tmp_path_factory.mktemp("served") / "v1")
@@ -106,10 +120,5 @@ def predictor(served_version, predictor_ports) -> str:
     """The base URL of one predictor process shared by the serving tests; stopped at the end."""
     (port, grpc_port), log = predictor_ports, served_version.parent / "server.log"
     proc = start_predictor(str(served_version), port, *SERVER_OPTIONS, "--enable_grpc", "true", "--grpc-port", str(grpc_port), log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, log)
+    with ready_server(proc, port, log) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

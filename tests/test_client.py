@@ -24,7 +24,7 @@ from components.store import open_store
 from serving.client import predict_v1_images
 from serving.model import VERSION_HEADER
 from tests.conftest import SERVED_MODEL as MODEL
-from tests.conftest import free_port, wait_ready
+from tests.conftest import free_port, ready_server
 
 OTHER_MODEL = "letters"
 ACCEPTED = "expected PNG, JPEG or WebP image files or .npy arrays, found "
@@ -75,13 +75,8 @@ def two_models(served_version, tmp_path_factory):
     command = [sys.executable, "-c", TWO_MODELS, "--model-uri", uri, "--http-port", str(port), "--enable_grpc", "false"]
     with open(log, "wb") as output:
         proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, log)
+    with ready_server(proc, port, log) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 # -- the model name -----------------------------------------------------------------------------------------------

@@ -383,7 +383,7 @@ def test_more_than_one_worker_process_is_refused_not_ignored(tmp_path):
 def test_a_large_photo_is_fitted_exactly_as_preparation_fits_training_images(tmp_path):
     from components.modelfile import ModelCard
     from components.presets import FIT
-    from tests.conftest import wait_ready
+    from tests.conftest import ready_server
 
     card = ModelCard("small_cnn", 3, 32, 32, ["cat", "dog", "owl"], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     folder = make_version_folder(tmp_path / "rgb", card=card)
@@ -393,16 +393,11 @@ def test_a_large_photo_is_fitted_exactly_as_preparation_fits_training_images(tmp
     expected, _ = decode_fit(photo_bytes, 3, 32, 32)
     port, log = free_port(), tmp_path / "server.log"
     proc = start_predictor(str(folder), port, log=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, log)
+    with ready_server(proc, port, log) as url:
         assert model_metadata(url, MODEL)["inputs"][0]["shape"] == [-1, 3, 32, 32]
         reference = v2_probabilities(infer_v2(url, MODEL, expected[None].astype(np.float32)))
         np.testing.assert_allclose(v2_probabilities(infer_v2_images(url, MODEL, [photo_bytes])), reference, atol=1e-6)
         np.testing.assert_allclose(predict_v1_images(url, MODEL, [photo_bytes])[0]["probabilities"], reference[0], atol=1e-5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     assert json.loads((folder / "model.json").read_text())["preprocess"] == FIT
 
 
