@@ -530,14 +530,31 @@ def local_rows(kind: Kind, folders: dict[int, Path], scratch: Path, rounds: int)
     return rows
 
 
-def blob_row(label: str, base: str, out: str, count: int, rounds: int) -> Row:
-    """One row 3: prepare from the raw container under ``base`` into ``out``, against a plain download of it."""
-    prepared, download = paired(lambda k: run_child("prepare", raw=f"{base}/raw", out=f"{out}-{k}", image_size=PHOTOS.image_size),
-                                lambda: run_child("download", uri=f"{base}/raw"), rounds)
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serving_cpu(measure: Callable[[], Run], server: int) -> Run:
+    """``measure``, with the CPU seconds the Blob server (Azurite, one Node thread) spent meanwhile in its extra."""
+    before = process_cpu_s(server)
+    run = measure()
+    run.extra["server_cpu_s"] = process_cpu_s(server) - before
+    return run
+
+
+def blob_row(label: str, base: str, out: str, count: int, rounds: int, server: int) -> Row:
+    """One row 3: prepare from the raw container under ``base`` into ``out``, against a plain download of it;
+    with what each cost Azurite: where prepare also writes its shards to Azurite, the server does more work."""
+    prepared, download = paired(
+        lambda k: serving_cpu(lambda: run_child("prepare", raw=f"{base}/raw", out=f"{out}-{k}", image_size=PHOTOS.image_size), server),
+        lambda: serving_cpu(lambda: run_child("download", uri=f"{base}/raw"), server), rounds)
     return Row(f"3 prepare ({label})", PHOTOS.name, count, prepared, download, TARGETS["blob"],
                f"prepare {prepared.rss_mib:,.0f} / decoder {prepared.children_rss_mib:,.0f}", "",
                f"baseline: SDK list + {DOWNLOAD_THREADS}-thread download of {download.extra['bytes'] / 2**20:.0f} MiB; "
-               f"CPU cores busy: prepare {cores(prepared)}")
+               f"CPU cores busy: prepare {cores(prepared)}; Azurite CPU s: prepare {prepared.extra['server_cpu_s']:.1f}, "
+               f"download {download.extra['server_cpu_s']:.1f}")
 
 
 def blob_rows(folder: Path, count: int, latency_ms: float, scratch: Path, rounds: int) -> tuple[list[Row], str]:
@@ -548,12 +565,13 @@ def blob_rows(folder: Path, count: int, latency_ms: float, scratch: Path, rounds
     try:
         os.environ[CONNECTION_ENV] = connection_string(endpoint)
         upload_s = upload(folder, f"{endpoint}/raw")
-        rows = [blob_row("Azurite → Azurite", endpoint, f"{endpoint}/prepared", count, rounds),
-                blob_row("Azurite → local", endpoint, str(scratch / "prepared-from-azurite"), count, rounds)]
+        rows = [blob_row("Azurite → Azurite", endpoint, f"{endpoint}/prepared", count, rounds, azurite.pid),
+                blob_row("Azurite → local", endpoint, str(scratch / "prepared-from-azurite"), count, rounds, azurite.pid)]
         if latency_ms > 0:
             proxy, proxied = start_proxy(endpoint, latency_ms)
             os.environ[CONNECTION_ENV] = connection_string(proxied)
-            rows.append(blob_row(f"Azurite +{latency_ms:g} ms → Azurite", proxied, f"{proxied}/prepared-delayed", count, rounds))
+            rows.append(blob_row(f"Azurite +{latency_ms:g} ms → Azurite", proxied, f"{proxied}/prepared-delayed", count, rounds,
+                                 azurite.pid))
     finally:
         if proxy is not None:
             stop(proxy)
