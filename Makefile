@@ -71,11 +71,11 @@ clean: ## remove local run outputs (keeps .venv); asks first if that deletes a m
 	@versions=$$(ls -d $(WORKDIR)/store/models/*/versions/* 2>/dev/null | wc -l); \
 	if [ "$$versions" -gt 0 ] && [ "$(FORCE)" != 1 ]; then \
 	  if { [ -n "$$CI" ] && [ "$$CI" != false ]; } || [ ! -t 0 ]; then \
-	    echo "error: $(WORKDIR)/store holds a model registry ($$versions versions) and there is no terminal to ask on;" \
+	    echo "error: $(WORKDIR)/store holds a model registry (versions: $$versions) and there is no terminal to ask on;" \
 	      "run make clean FORCE=1 to delete it" >&2; \
 	    exit 1; \
 	  fi; \
-	  read -r -p "$(WORKDIR)/store holds a model registry ($$versions versions). Delete it with the rest of $(WORKDIR)? [y/N] " answer; \
+	  read -r -p "$(WORKDIR)/store holds a model registry (versions: $$versions). Delete it with the rest of $(WORKDIR)? [y/N] " answer; \
 	  case "$$answer" in [yY]|[yY][eE][sS]) ;; *) echo "kept $(WORKDIR): nothing deleted"; exit 0;; esac; \
 	fi; \
 	if [ -x $(PY) ]; then $(PY) -m pipelines stop --workdir $(WORKDIR); fi; \

@@ -56,7 +56,7 @@ def workdir_with_registry(tmp_path: Path) -> Path:
 def test_clean_without_a_terminal_refuses_to_delete_a_registry(workdir_with_registry: Path, tmp_path: Path) -> None:
     result = make("clean", tmp_path, f"WORKDIR={workdir_with_registry}")
     assert result.returncode != 0
-    assert f"error: {workdir_with_registry}/store holds a model registry (1 versions)" in result.stderr
+    assert f"error: {workdir_with_registry}/store holds a model registry (versions: 1)" in result.stderr
     assert "make clean FORCE=1" in result.stderr
     assert (workdir_with_registry / "store" / "models" / "digits").is_dir()
 
