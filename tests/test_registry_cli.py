@@ -177,23 +177,23 @@ def test_promoting_a_version_the_gate_rejected_needs_force_and_a_reason_and_is_r
     assert "FORCED over the gate's rejection" in run_cli(capsys, "history", "--store", pushed, "--model", MODEL)[1]
 
 
-def accepted_and_rejected(tmp_path: Path) -> tuple[str, Registry]:
-    """Versions 1 and 2 accepted, 3 rejected by the gate."""
+def accepted_and_rejected(tmp_path: Path, promoted: tuple[int, ...] = ()) -> tuple[str, Registry]:
+    """Versions 1 and 2 accepted, 3 rejected by the gate; ``promoted`` moved to production in that order."""
     uri = str(tmp_path / "store")
     registry = Registry(open_store(uri), MODEL)
     for tag in ("a", "b"):
         registry.push(model_folder(tmp_path, tag), push_metadata(tag))
     rejected = {**push_metadata("c"), "verdict": {"decision": "rejected", "reason": "accuracy 0.5600 is below the threshold 0.9500"}}
     registry.push(model_folder(tmp_path, "c"), rejected)
+    for version in promoted:
+        registry.promote(version, "pipeline")
     return uri, registry
 
 
 def test_rollback_goes_to_the_production_version_before_the_current_one_and_says_which(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri, registry = accepted_and_rejected(tmp_path)
-    for version in (1, 2):
-        registry.promote(version, "pipeline")
+    uri, registry = accepted_and_rejected(tmp_path, promoted=(1, 2))
     code, out, _ = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL, "--reason", "bad canary")
     assert code == 0 and out.startswith(f"rolled {MODEL} back from version 2 to version 1, the version in production before it\n")
     assert "rollback  2 -> 1" in out and "(registry CLI)" in out
@@ -207,9 +207,7 @@ def test_rollback_after_promote_rejected_then_promote_back_refuses_to_land_on_th
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The issue's sequence: production 1 then 2, a forced promote of rejected 3, a promote of 1 to undo it.
-    uri, registry = accepted_and_rejected(tmp_path)
-    for version in (1, 2):
-        registry.promote(version, "pipeline")
+    uri, registry = accepted_and_rejected(tmp_path, promoted=(1, 2))
     registry.promote(3, "alice", force=True, reason="try it")
     registry.promote(1, "alice", reason="3 is bad")
     code, out, err = run_cli(capsys, "rollback", "--store", uri, "--model", MODEL)
