@@ -15,6 +15,7 @@ conditional operations give the registry its guarantees: :meth:`Store.create_exc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -71,6 +72,14 @@ class Store(ABC):
     @abstractmethod
     def upload_file(self, key: str, path: Path) -> None:
         """Copy a local file to the object, streaming, atomically."""
+
+    def move_file(self, key: str, path: Path) -> None:
+        """Store the local file ``path`` as the object and remove the file, whatever happens: an upload
+        for a remote store, a rename (not a byte copied) for a folder on the same file system."""
+        try:
+            self.upload_file(key, path)
+        finally:
+            path.unlink(missing_ok=True)
 
     @abstractmethod
     def download_file(self, key: str, path: Path) -> None:
@@ -153,6 +162,16 @@ class LocalStore(Store):
     def upload_file(self, key: str, path: Path) -> None:
         with self._atomic_target(key) as tmp:
             shutil.copyfile(path, tmp)
+
+    def move_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)  # atomic, like every write here
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            super().move_file(key, path)  # another file system: copy, then remove
 
     def download_file(self, key: str, path: Path) -> None:
         source = self._path(key)

@@ -73,6 +73,35 @@ def test_large_file_streams_both_ways_with_identical_content_and_bounded_memory(
     assert peak < LARGE_FILE_MIB << 20, f"peak Python allocation {peak >> 20} MiB for a {LARGE_FILE_MIB} MiB file"
 
 
+def test_move_file_stores_the_file_and_removes_it(store_uri: str, tmp_path: Path) -> None:
+    store = open_store(store_uri)
+    source = tmp_path / "shard.bin"
+    source.write_bytes(b"records" * 1000)
+    store.move_file("data/shard.bin", source)
+    assert store.read_bytes("data/shard.bin") == b"records" * 1000
+    assert not source.exists()
+
+
+def test_local_move_file_across_file_systems_copies_then_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    store = LocalStore(tmp_path / "store")
+    source = tmp_path / "shard.bin"
+    source.write_bytes(b"x" * 100)
+
+    real_replace = os.replace
+
+    def cross_device(src, dst):  # a rename of the scratch file fails as it does from another file system
+        if Path(src) == source:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", cross_device)
+    store.move_file("shard.bin", source)
+    assert (tmp_path / "store" / "shard.bin").read_bytes() == b"x" * 100
+    assert not source.exists()
+
+
 def test_missing_objects_are_reported_as_not_found(store_uri: str, tmp_path: Path) -> None:
     store = open_store(store_uri)
     with pytest.raises(NotFoundError, match="no object 'nope/x.bin'"):

@@ -122,9 +122,8 @@ class ShardWriter:
 
     def _upload(self, key: str, path: Path) -> None:
         try:
-            self.store.upload_file(join_key(self.prefix, key), path)
+            self.store.move_file(join_key(self.prefix, key), path)  # a local store renames it: no copy
         finally:
-            path.unlink(missing_ok=True)
             self._slots.release()
 
 
