@@ -58,6 +58,9 @@ def training_pipeline(
     serving_gpus: int = 1,
     deployment_mode: str = "Knative",
     canary_percent: int = 10,
+    collect_uri: str = "",
+    collect_fraction: float = 0.1,
+    collect_images_fraction: float = 0.01,
     code_version: str = "",
 ):
     """Train an image classifier with parameter-server training, gate it, register it, and serve it.
@@ -101,6 +104,9 @@ def training_pipeline(
         serving_gpus: GPUs per predictor replica (deploy_target kserve).
         deployment_mode: KServe deployment mode: Knative (revisions: canary, then promotion) or Standard (a Deployment: rolling update); the old names Serverless and RawDeployment are accepted.
         canary_percent: Traffic share of a new revision while it is smoke-tested, before promotion to 100 (Knative mode; 0: no canary, the new revision takes all traffic once ready; Standard mode always rolls pods).
+        collect_uri: Where the model server records statistics of the requests it answers, for the drift report: a store URI (a local folder, or on AKS an Azure Blob container the serving identity may write to); empty: no collection.
+        collect_fraction: Fraction of requests recorded when collect_uri is set.
+        collect_images_fraction: Fraction of requests whose preprocessed images are saved too (at most collect_fraction).
         code_version: Git commit of the code (filled in by the CLI), recorded in the model's lineage and shown in the evaluation report.
     """
     knobs = knobs_from_pipeline(locals())  # first statement: locals() is exactly the pipeline's parameters
@@ -129,7 +135,8 @@ def training_pipeline(
                                 version=pushed.outputs["version"], model_uri=pushed.outputs["model_uri"], run_id=run_id,
                                 target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir,
                                 kserve_namespace=kserve_namespace, serving_gpus=serving_gpus,
-                                deployment_mode=deployment_mode, canary_percent=canary_percent)
+                                deployment_mode=deployment_mode, canary_percent=canary_percent, collect_uri=collect_uri,
+                                collect_fraction=collect_fraction, collect_images_fraction=collect_images_fraction)
         deployed.set_display_name("deploy").set_caching_options(False)
     for task in (prepared, trained, evaluated, pushed, deployed):
         # Workload identity: the pod gets a token for the service account's Azure identity (Blob access);

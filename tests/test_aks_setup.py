@@ -8,6 +8,7 @@ nothing (idempotence).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -123,17 +124,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(env, first, created_first, second, created(env))
 
 
+def principal(identity: str) -> str:
+    """The principal id the fake ``az`` gives ``identity`` (its guid of "principal-NAME")."""
+    digest = hashlib.md5(f"principal-{identity}".encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
 def test_a_first_run_creates_everything_with_least_privilege_and_a_second_run_nothing(runs: Runs) -> None:
     account = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/kfppsstore"
-    models = f"{account}/blobServices/default/containers/models"
-    data = models.replace("/containers/models", "/containers/data")
-    roles = sorted(k.split("|")[2:] for k in runs.created_first if k.startswith("role|"))
+    data, models, collected = (f"{account}/blobServices/default/containers/{c}" for c in ("data", "models", "collected"))
+    pipeline, serving = principal("id-kfpps-pipeline"), principal("id-kfpps-serving")
+    roles = sorted(k.split("|")[1:] for k in runs.created_first if k.startswith("role|"))
 
     assert {"group||rg-kfpps", "acr||kfppsacr", "aks||aks-kfpps", "aks nodepool|aks-kfpps|gpu",
             "storage account||kfppsstore", "storage container-rm|kfppsstore|data", "storage container-rm|kfppsstore|models",
+            "storage container-rm|kfppsstore|collected",
             "identity||id-kfpps-pipeline", "identity||id-kfpps-serving"} <= set(runs.created_first)
-    assert roles == sorted([["Storage Blob Data Contributor", data], ["Storage Blob Data Contributor", models],
-                            ["Storage Blob Data Reader", models]])
+    # The predictor reads models and writes only what it collects; the pipeline reads what was collected.
+    assert roles == sorted([[pipeline, "Storage Blob Data Contributor", data], [pipeline, "Storage Blob Data Contributor", models],
+                            [pipeline, "Storage Blob Data Reader", collected],
+                            [serving, "Storage Blob Data Reader", models], [serving, "Storage Blob Data Contributor", collected]])
     assert runs.created_second == runs.created_first  # idempotent: the second run only checked
 
 

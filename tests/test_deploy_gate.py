@@ -30,7 +30,8 @@ def deploy_with(prepared, tmp_path: Path, name: str, version: int, judged: int |
         evaluation=dsl.Artifact(uri=str(evaluation)), store_uri=prepared.store_uri, model_name=name, version=version,
         model_uri=registry.version_uri(version), run_id="run-weak", target="local", serving_port=free_port(),
         local_state_dir=str(tmp_path / "serving"), kserve_namespace="ns", serving_gpus=0, deployment_mode="Serverless",
-        canary_percent=10, endpoint=dsl.Artifact(uri=str(tmp_path / "endpoint.json")))
+        canary_percent=10, collect_uri="", collect_fraction=0.1, collect_images_fraction=0.01,
+        endpoint=dsl.Artifact(uri=str(tmp_path / "endpoint.json")))
 
 
 def test_a_candidate_judged_while_production_was_empty_is_not_promoted_over_one_promoted_meanwhile(prepared, tmp_path: Path) -> None:

@@ -20,10 +20,12 @@ from components.deploy.inferenceservice import (
     build_inference_service,
 )
 from components.deploy.render import INFERENCE_SERVICE_FILE, render_inference_service, write_manifests
+from components.monitoring.collection import CollectionOptions
 from tests.k8s_schema import INFERENCE_SERVICE_CRDS, requires_schemas, schema_errors
 
 BLOB = "https://acct.blob.core.windows.net/models/models/mnist/versions/3"
 DIGEST = "ab" * 32  # the version's MANIFEST.json SHA-256
+COLLECTED = "https://acct.blob.core.windows.net/collected"
 
 
 def settings(**overrides: Any) -> InferenceServiceSettings:
@@ -42,6 +44,7 @@ VARIANTS = {
     "knative-cpu-scale-to-zero": {"gpus": 0, "min_replicas": 0},
     "standard-gpu": {"mode": DeploymentMode.STANDARD, "scale_metric": "cpu", "scale_target": 70},
     "two-gpus-custom-pool": {"gpus": 2, "gpu_profile": GpuProfile(node_selector={"pool": "a100"}, taint_value="a100")},
+    "collecting": {"collection": CollectionOptions(COLLECTED, 0.2, 0.02)},
 }
 
 
@@ -211,10 +214,30 @@ def test_the_spec_hash_follows_the_pod_spec_not_the_bookkeeping_annotations() ->
     ({"mode": "RawDeployment", "scale_metric": "cpu", "canary_traffic_percent": 10}, "in Knative mode only"),
     ({"min_replicas": 4, "max_replicas": 2}, "min_replicas <= max_replicas"),
     ({"mode": "Canary"}, "expected deployment_mode 'Standard' or 'Knative'"),
+    ({"collection": CollectionOptions("/var/collected")}, "expected collect_uri to be an Azure Blob URI"),
 ])
 def test_invalid_settings_are_refused_with_what_was_expected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         settings(**overrides)
+
+
+def test_collection_options_reach_the_predictor_as_its_flags_and_only_when_asked() -> None:
+    args = predictor(collection=CollectionOptions(COLLECTED, 0.25, 0.05))["containers"][0]["args"]
+    assert args[-6:] == ["--collect-uri", COLLECTED, "--collect-fraction", "0.25", "--collect-images-fraction", "0.05"]
+    assert "--collect-uri" not in predictor()["containers"][0]["args"]
+    assert "--collect-uri" not in predictor(collection=CollectionOptions(COLLECTED, 0.0, 0.0))["containers"][0]["args"]
+    # A change of what is collected is a change of the pod: it rolls out.
+    assert predictor()["annotations"][SPEC_HASH_ANNOTATION] != predictor(collection=CollectionOptions(COLLECTED))["annotations"][SPEC_HASH_ANNOTATION]
+
+
+@pytest.mark.parametrize(("fraction", "images", "message"), [
+    (1.5, 0.0, "expected collect_fraction between 0 and 1, got 1.5"),
+    (0.1, 0.2, r"expected collect_images_fraction between 0 and collect_fraction \(0.1\)"),
+    (0.1, -0.1, "expected collect_images_fraction between 0"),
+])
+def test_bad_collection_fractions_are_refused_with_what_was_expected(fraction: float, images: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CollectionOptions(COLLECTED, fraction, images)
 
 
 def test_render_and_write_manifests_produce_yaml_that_reads_back_as_the_manifest(tmp_path: Path) -> None:

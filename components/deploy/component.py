@@ -8,7 +8,8 @@ from components.kfp_base import project_component
 @project_component
 def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
                  target: str, serving_port: int, local_state_dir: str, kserve_namespace: str, serving_gpus: int,
-                 deployment_mode: str, canary_percent: int, endpoint: Output[Artifact]) -> str:
+                 deployment_mode: str, canary_percent: int, collect_uri: str, collect_fraction: float,
+                 collect_images_fraction: float, endpoint: Output[Artifact]) -> str:
     """Serve the registered version, smoke-test it over REST, then make it the production version.
 
     Args:
@@ -26,16 +27,21 @@ def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri
         serving_gpus: GPUs per predictor replica (target kserve).
         deployment_mode: Knative (canary rollouts) or Standard (rolling updates); Serverless and RawDeployment are accepted.
         canary_percent: Traffic share of a new revision before promotion (Knative mode; 0: no canary).
+        collect_uri: Store URI the server collects request statistics into ("": no collection).
+        collect_fraction: Fraction of requests collected.
+        collect_images_fraction: Fraction of requests whose preprocessed images are saved too.
         endpoint: The deployment record (URL, version, smoke results).
     """
     import json
 
     from components.deploy.step import KServeTarget, deploy, judged_champion
+    from components.monitoring.collection import CollectionOptions
     from components.store import open_store
 
     kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent)
     record = deploy(target, open_store(store_uri), dataset.metadata["prefix"], model_name, version, model_uri, run_id,
-                    serving_port, local_state_dir, judged_champion(evaluation.path), kserve)
+                    serving_port, local_state_dir, judged_champion(evaluation.path), kserve,
+                    CollectionOptions(collect_uri, collect_fraction, collect_images_fraction))
     with open(endpoint.path, "w") as f:
         json.dump(record, f, indent=2)
     endpoint.metadata.update({"url": record["url"], "version": record["version"]})

@@ -32,6 +32,7 @@ from typing import Any
 
 from components.cluster import GpuProfile, WorkloadIdentity, pinned_image, project_image
 from components.modelfile import SHA256_HEX
+from components.monitoring.collection import CollectionOptions
 from components.registry import pinned_uri
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -107,6 +108,7 @@ class InferenceServiceSettings:
     http_port: int = 8080
     model_version: int | None = None
     rollout_id: str = ""  # the deploying run's id; set by the deploy step so every rollout starts new pods
+    collection: CollectionOptions = field(default_factory=CollectionOptions)  # inference data collection (off by default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", DeploymentMode(self.mode))
@@ -127,6 +129,9 @@ def settings_problems(s: InferenceServiceSettings) -> list[str]:
     if not s.model_uri.startswith(BLOB_URI_PREFIX) or "#" in s.model_uri:
         problems.append(f"expected the model version's Azure Blob URI (https://ACCOUNT.blob.core.windows.net/CONTAINER/…, "
                         f"no fragment), got {s.model_uri!r}: push the model to Blob first")
+    if s.collection.enabled and not s.collection.uri.startswith(BLOB_URI_PREFIX):
+        problems.append(f"expected collect_uri to be an Azure Blob URI the predictor's identity may write to "
+                        f"(https://ACCOUNT.blob.core.windows.net/CONTAINER/…), got {s.collection.uri!r}")
     if s.manifest_sha256 is not None and not SHA256_HEX.fullmatch(s.manifest_sha256):
         problems.append(f"expected a manifest SHA-256 of 64 lowercase hex digits, got {s.manifest_sha256!r}")
     if s.gpus < 0 or not 0 <= s.min_replicas <= s.max_replicas or s.max_replicas < 1:
@@ -205,7 +210,7 @@ def predictor_container(s: InferenceServiceSettings) -> dict[str, Any]:
         # The server listens on loopback unless told otherwise (right for `make run`); in a pod the kubelet's
         # probes and the KServe router reach it on the pod IP, so it listens on every interface there.
         "args": ["--model-uri", predictor_model_uri(s), "--model-name", s.model_name, "--http-port", str(port),
-                 "--listen-address", "0.0.0.0"],
+                 "--listen-address", "0.0.0.0", *s.collection.predictor_args()],
         # No STORAGE_URI: it would make KServe inject its storage initializer, which lacks the workload identity.
         "env": [{"name": "HOME", "value": "/tmp"}],  # the root filesystem is read-only
         "ports": [{"name": "http1", "containerPort": port, "protocol": "TCP"}],

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,8 +58,10 @@ class LocalEndpoint:
     log: str
 
 
-def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s: float = 120.0) -> LocalEndpoint:
-    """Replace any server this project started in ``state_dir`` with one serving ``model_uri``."""
+def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s: float = 120.0,
+          extra_args: Sequence[str] = ()) -> LocalEndpoint:
+    """Replace any server this project started in ``state_dir`` with one serving ``model_uri`` (``extra_args``:
+    more flags of ``python -m serving``, e.g. what it collects)."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     stop(state_dir)
@@ -69,7 +71,7 @@ def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", model_name,
-             "--http-port", str(port), "--enable_grpc", "false"],
+             "--http-port", str(port), "--enable_grpc", "false", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**server_environment(os.environ), **marks},
             start_new_session=True,  # survives the step's process; stopped by pid later
         )

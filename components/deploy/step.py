@@ -22,6 +22,7 @@ import numpy as np
 from components.data.prepare import first_examples, read_info
 from components.deploy import local
 from components.deploy.inferenceservice import DeploymentMode
+from components.monitoring.collection import CollectionOptions
 from components.registry import Registry, pinned_uri, split_pinned
 from components.store import Store
 from serving.client import is_ready
@@ -72,37 +73,40 @@ def judged_champion(evaluation_path: str) -> int | None:
 
 def deploy(target: str, store: Store, dataset_prefix: str, model_name: str, version: int, model_uri: str,
            run_id: str, serving_port: int, state_dir: str, champion: int | None,
-           kserve: KServeTarget | None = None) -> dict[str, Any]:
+           kserve: KServeTarget | None = None, collection: CollectionOptions | None = None) -> dict[str, Any]:
     """Deploy, smoke-test, then move the production pointer of the registry in ``store`` (compare-and-swap
     expecting production at ``champion``, the version the gate judged against). The record's ``summary``
-    is the step's one line: what was deployed where, or that production was kept."""
+    is the step's one line: what was deployed where, or that production was kept. ``collection``: what the
+    server collects of its requests (off when ``None``), locally and on the cluster alike."""
+    collection = collection or CollectionOptions()
     if target not in TARGETS:
         raise ValueError(f"expected deploy target in {TARGETS}, got {target!r}")
     if target == "local" and not state_dir:
         raise ValueError("expected local_state_dir (where the local server's pid and log live), got an empty string")
     registry = Registry(store, model_name)
     if (production := registry.identical_production(version)) is not None:
-        return keep_production(target, registry, dataset_prefix, version, production, run_id, serving_port, state_dir)
+        return keep_production(target, registry, dataset_prefix, version, production, run_id, serving_port, state_dir, collection)
     if target == "kserve":
-        record = deploy_kserve(registry, version, run_id, champion, kserve)
+        record = deploy_kserve(registry, version, run_id, champion, kserve, collection=collection)
     else:
-        record = deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir, champion)
+        record = deploy_local(registry, dataset_prefix, version, model_uri, run_id, serving_port, state_dir, champion, collection)
     return {**record, "summary": f"deployed {model_name} version {version} at {record['url']}"}
 
 
 def keep_production(target: str, registry: Registry, dataset_prefix: str, version: int, production: int, run_id: str,
-                    serving_port: int, state_dir: str) -> dict[str, Any]:
+                    serving_port: int, state_dir: str, collection: CollectionOptions) -> dict[str, Any]:
     """Deploy nothing for a ``version`` whose weights are production's: the pointer stays, no revision is
     rolled out. Target ``local`` starts production's server only when none serves it (stopped since)."""
     note = (f"{registry.name} version {version} is identical to production version {production} (the same weights "
             f"SHA-256): not deployed again; production stays at version {production}")
     print(note)
-    url = serve_production_locally(registry, dataset_prefix, production, serving_port, Path(state_dir)) if target == "local" else ""
+    url = serve_production_locally(registry, dataset_prefix, production, serving_port, Path(state_dir), collection) if target == "local" else ""
     return {"target": target, "url": url, "model_name": registry.name, "version": production, "run_id": run_id,
             "identical_to_production": production, "pushed_version": version, "summary": note}
 
 
-def serve_production_locally(registry: Registry, dataset_prefix: str, production: int, port: int, state_dir: Path) -> str:
+def serve_production_locally(registry: Registry, dataset_prefix: str, production: int, port: int, state_dir: Path,
+                             collection: CollectionOptions) -> str:
     """The URL of the local server of ``production``: the one running, or a new one, smoke-tested."""
     served = local.read_state(state_dir)
     uri = registry.version_uri(production)
@@ -111,11 +115,11 @@ def serve_production_locally(registry: Registry, dataset_prefix: str, production
     pixels, _ = first_examples(registry.store, read_info(registry.store, dataset_prefix), "test", SMOKE_IMAGES)
     # Pinned to the digest its promotion recorded, as the deploy that promoted it pinned it.
     pinned = pinned_uri(uri, registry.production().record["manifest_sha256"])
-    return serve_locally(registry, pinned, pixels, port, state_dir)[0].url
+    return serve_locally(registry, pinned, pixels, port, state_dir, collection)[0].url
 
 
 def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int | None,
-                  target: KServeTarget | None, **cluster: Any) -> dict[str, Any]:
+                  target: KServeTarget | None, collection: CollectionOptions | None = None, **cluster: Any) -> dict[str, Any]:
     """Create or update the InferenceService on the cluster (canary in Knative mode) and promote.
 
     ``cluster``: ``api``, ``smoke``, ``policy``, ``clock`` of :func:`~components.deploy.kserve.deploy_registry_version`
@@ -128,19 +132,19 @@ def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int |
     # moved at any time after the gate is never overwritten. The predictor and the promotion pin the digest.
     before = registry.expect_production(champion)
     record = deploy_registry_version(registry, version, run_id, target.namespace, registry.name, expected=before,
-                                     **cluster, **target.settings_fields())
+                                     collection=collection or CollectionOptions(), **cluster, **target.settings_fields())
     return {"target": "kserve", **record.to_dict()}
 
 
 def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_uri: str, run_id: str,
-                 serving_port: int, state_dir: str, champion: int | None) -> dict[str, Any]:
+                 serving_port: int, state_dir: str, champion: int | None, collection: CollectionOptions) -> dict[str, Any]:
     """Start the local KServe server, smoke-test it with test images over v1 and v2, then promote."""
     # Read before the server starts, so a data error leaves nothing running. The data set lives in the
     # registry's store: the pipeline passes one store_uri to every step.
     pixels, labels = first_examples(registry.store, read_info(registry.store, dataset_prefix), "test", SMOKE_IMAGES)
     before = registry.expect_production(champion)  # before the server starts: a moved pointer leaves nothing running
     digest = registry.manifest_sha256(version)
-    endpoint, smoke = serve_locally(registry, pinned_uri(model_uri, digest), pixels, serving_port, Path(state_dir))
+    endpoint, smoke = serve_locally(registry, pinned_uri(model_uri, digest), pixels, serving_port, Path(state_dir), collection)
     registry.promote(version, actor=f"pipeline-run:{run_id}", expected=before, reason="deployed by pipeline",
                      manifest_sha256=digest)
     return {
@@ -153,9 +157,10 @@ def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_ur
     }
 
 
-def serve_locally(registry: Registry, uri: str, pixels: np.ndarray, port: int, state_dir: Path) -> tuple[local.LocalEndpoint, dict]:
+def serve_locally(registry: Registry, uri: str, pixels: np.ndarray, port: int, state_dir: Path,
+                  collection: CollectionOptions) -> tuple[local.LocalEndpoint, dict]:
     """Start the local server on ``uri`` (replacing the one in ``state_dir``) and smoke-test it."""
-    endpoint = local.start(uri, registry.name, port, state_dir)
+    endpoint = local.start(uri, registry.name, port, state_dir, extra_args=collection.predictor_args())
     passed = False
     try:
         smoke = local.smoke_test(endpoint, pixels)

@@ -5,8 +5,9 @@
 #   2. AKS cluster with the OIDC issuer, workload identity and a network policy engine (Cilium)
 #   3. a GPU node pool, tainted so that only pods that tolerate it (training workers, the predictor) land there
 #   4. the NVIDIA device plugin, which makes nvidia.com/gpu schedulable
-#   5. a storage account (no public blobs, no shared keys) with the data and models containers
-#   6. two managed identities: "pipeline" (reads and writes data and models) and "serving" (reads models)
+#   5. a storage account (no public blobs, no shared keys) with the data, models and collected containers
+#   6. two managed identities: "pipeline" (reads and writes data and models, reads collected) and "serving"
+#      (reads models, writes what the predictor collects of its requests: collect_uri)
 #   7. least-privilege role assignments on the containers, and federated credentials for the service accounts
 #   8. the identities' client IDs written into the overlay (manifests/overlays/$OVERLAY/identity-patch.yaml)
 #
@@ -35,6 +36,7 @@ ACR_NAME="${ACR_NAME:?set ACR_NAME: a globally unique registry name (5-50 letter
 STORAGE_ACCOUNT="${STORAGE_ACCOUNT:?set STORAGE_ACCOUNT: a globally unique name (3-24 lowercase letters and digits)}"
 DATA_CONTAINER="${DATA_CONTAINER:-data}"
 MODELS_CONTAINER="${MODELS_CONTAINER:-models}"
+COLLECTED_CONTAINER="${COLLECTED_CONTAINER:-collected}"  # inference statistics (collect_uri), for the drift report
 PIPELINE_IDENTITY="${PIPELINE_IDENTITY:-id-kfpps-pipeline}"
 SERVING_IDENTITY="${SERVING_IDENTITY:-id-kfpps-serving}"
 NAMESPACE="${NAMESPACE:-kubeflow-user-example-com}"    # the Kubeflow profile namespace the pipeline runs in
@@ -149,14 +151,14 @@ spec:
 EOF
 
 # -- 5. storage -------------------------------------------------------------------------------------------
-log "storage account $STORAGE_ACCOUNT with containers $DATA_CONTAINER and $MODELS_CONTAINER"
+log "storage account $STORAGE_ACCOUNT with containers $DATA_CONTAINER, $MODELS_CONTAINER and $COLLECTED_CONTAINER"
 if ! exists az storage account show --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP"; then
   # Entra ID only: no account keys, no anonymous blobs, TLS 1.2+.
   az storage account create --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP" --location "$LOCATION" \
     --sku Standard_LRS --kind StorageV2 --https-only true --min-tls-version TLS1_2 \
     --allow-blob-public-access false --allow-shared-key-access false --output none
 fi
-for container in "$DATA_CONTAINER" "$MODELS_CONTAINER"; do
+for container in "$DATA_CONTAINER" "$MODELS_CONTAINER" "$COLLECTED_CONTAINER"; do
   # container-rm works through Azure Resource Manager: no data-plane role or key needed for this step.
   exists az storage container-rm show --storage-account "$STORAGE_ACCOUNT" --name "$container" --resource-group "$RESOURCE_GROUP" \
     || az storage container-rm create --storage-account "$STORAGE_ACCOUNT" --name "$container" \
@@ -165,6 +167,7 @@ done
 account_id="$(az storage account show --name "$STORAGE_ACCOUNT" --resource-group "$RESOURCE_GROUP" --query id --output tsv)"
 data_scope="${account_id}/blobServices/default/containers/${DATA_CONTAINER}"
 models_scope="${account_id}/blobServices/default/containers/${MODELS_CONTAINER}"
+collected_scope="${account_id}/blobServices/default/containers/${COLLECTED_CONTAINER}"
 
 # -- 6. identities and 7. least-privilege roles ------------------------------------------------------------
 log "managed identities $PIPELINE_IDENTITY and $SERVING_IDENTITY"
@@ -177,10 +180,13 @@ pipeline_client="$(az identity show --name "$PIPELINE_IDENTITY" --resource-group
 serving_principal="$(az identity show --name "$SERVING_IDENTITY" --resource-group "$RESOURCE_GROUP" --query principalId --output tsv)"
 serving_client="$(az identity show --name "$SERVING_IDENTITY" --resource-group "$RESOURCE_GROUP" --query clientId --output tsv)"
 
-log "role assignments: pipeline writes data and models, serving reads models (container scope only)"
+log "role assignments: pipeline writes data and models, serving reads models and writes collected (container scope only)"
 ensure_role "$pipeline_principal" "Storage Blob Data Contributor" "$data_scope"
 ensure_role "$pipeline_principal" "Storage Blob Data Contributor" "$models_scope"
 ensure_role "$serving_principal" "Storage Blob Data Reader" "$models_scope"
+# The predictor writes its collected records with its own identity: to that container only, never to the models.
+ensure_role "$serving_principal" "Storage Blob Data Contributor" "$collected_scope"
+ensure_role "$pipeline_principal" "Storage Blob Data Reader" "$collected_scope"  # the drift report reads them
 
 log "federated credentials for system:serviceaccount:${NAMESPACE}:{${PIPELINE_RUNNER_SA},${TRAINING_SA},${SERVING_SA}}"
 issuer="$(az aks show --name "$CLUSTER_NAME" --resource-group "$RESOURCE_GROUP" --query oidcIssuerProfile.issuerUrl --output tsv)"
@@ -221,6 +227,7 @@ cat <<EOF
 Store URIs for the pipeline:
   data:   https://${STORAGE_ACCOUNT}.blob.core.windows.net/${DATA_CONTAINER}
   models: https://${STORAGE_ACCOUNT}.blob.core.windows.net/${MODELS_CONTAINER}
+  collect_uri: https://${STORAGE_ACCOUNT}.blob.core.windows.net/${COLLECTED_CONTAINER}
 Next: install Kubeflow, then  kubectl apply -k ${REPO_ROOT}/manifests/overlays/${OVERLAY}
 Image registry: ${ACR_NAME}.azurecr.io   (az acr login --name ${ACR_NAME}; make images REGISTRY=${ACR_NAME}.azurecr.io)
 EOF
