@@ -10,11 +10,13 @@ from components.kfp_base import project_component
 @project_component
 def push_model(model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact], store_uri: str, model_name: str,
                run_id: str, code_version: str) -> NamedTuple("Outputs", version=int, model_uri=str):
-    """Register the candidate as a new immutable version with its metrics, verdict and lineage.
+    """Register the candidate as a new immutable version with its metrics, verdict and lineage, and the training
+    split's statistics that drift reports compare served images with (monitoring.json).
 
     Args:
         model: The candidate model.
-        dataset: The prepared data set (its content hash goes into the lineage).
+        dataset: The prepared data set (its content hash goes into the lineage; its training split is streamed once
+            for the monitoring reference).
         evaluation: The evaluation step's full result.
         store_uri: Store URI holding the registry.
         model_name: Registry name.
@@ -31,6 +33,7 @@ def push_model(model: Input[Model], dataset: Input[Dataset], evaluation: Input[A
         result = json.load(f)
     lineage = {"run_id": run_id, "code_version": code_version, "dataset_hash": dataset.metadata["content_hash"],
                "dataset_prefix": dataset.metadata["prefix"], "training": dict(model.metadata)}
-    pushed = push(open_store(store_uri), model_name, model.metadata["prefix"], result, result["verdict"], lineage)
+    pushed = push(open_store(store_uri), model_name, model.metadata["prefix"], result, result["verdict"], lineage,
+                  dataset_prefix=dataset.metadata["prefix"])
     print(pushed.describe())
     return namedtuple("Outputs", "version model_uri")(pushed.version, pushed.uri)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.data.prepare import DATASET_FILE
 from components.modelfile import METRICS_FILE
+from components.monitoring.reference import REFERENCE_FILE, compute_reference
 from components.registry import Registry
-from components.store import Store
+from components.store import Store, join_key
 from components.training.worker import HISTORY_FILE
 
 LOCATION_SETTINGS = ("store_uri", "dataset_prefix", "output_prefix", "checkpoint_prefix")  # where, not how
@@ -36,8 +38,10 @@ class Pushed:
 
 
 def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[str, Any],
-               verdict: dict[str, str], lineage: dict[str, Any]) -> Pushed:
-    """Copy the model at ``model_prefix`` into the registry of the same store, adding ``metrics.json``.
+               verdict: dict[str, str], lineage: dict[str, Any], dataset_prefix: str | None = None) -> Pushed:
+    """Copy the model at ``model_prefix`` into the registry of the same store, adding ``metrics.json`` and,
+    from the training split of the prepared data set at ``dataset_prefix``, the drift report's reference
+    statistics (``monitoring.json``).
 
     Every candidate is registered, a repeat of production's weights too: its lineage (run, data) is a
     record of its own."""
@@ -48,8 +52,22 @@ def push_model(store: Store, model_name: str, model_prefix: str, metrics: dict[s
         lineage = {**lineage, "parameters": training_parameters(folder / HISTORY_FILE)}
         (folder / HISTORY_FILE).unlink(missing_ok=True)  # training curves live with the run, not the version
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        if dataset_prefix is not None:
+            write_reference(store, dataset_prefix, folder)
         version = registry.push(folder, {"metrics": metrics, "verdict": verdict, "lineage": lineage})
     return Pushed(model_name, version, registry.version_uri(version), verdict["decision"], registry.identical_production(version))
+
+
+def write_reference(store: Store, dataset_prefix: str, folder: Path) -> bool:
+    """Write ``monitoring.json`` into the version ``folder``; say so and write nothing when the data set has no
+    index (a model pushed by hand from elsewhere): the version still registers, and a drift report refuses it
+    by name. A data set that is there but unreadable raises, as in every other step."""
+    if not store.exists(join_key(dataset_prefix, DATASET_FILE)):
+        print(f"no {REFERENCE_FILE}: no prepared data set at {store.uri}/{dataset_prefix} (no {DATASET_FILE}); "
+              "drift reports will refuse this version")
+        return False
+    (folder / REFERENCE_FILE).write_text(compute_reference(store, dataset_prefix).to_json())
+    return True
 
 
 def training_parameters(history: Path) -> dict[str, Any]:

@@ -1,0 +1,40 @@
+"""KFP component: drift_report (not in a pipeline yet; the monitoring pipeline will call it)."""
+
+from kfp.dsl import HTML, Markdown, Metrics, Output
+
+from components.kfp_base import project_component
+
+
+@project_component
+def drift_report(store_uri: str, model_name: str, since: str, until: str, psi_threshold: float, class_psi_threshold: float,
+                 min_records: int, metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML]) -> str:
+    """Compare the collected requests of a window with the training split of the version in production.
+
+    Returns the verdict: "drift", "no drift" or "not enough data" (the reason is in the reports and the log).
+
+    Args:
+        store_uri: Store URI holding the registry and the collected records (collected/MODEL/...).
+        model_name: Registry name; its production version is the one judged.
+        since: Window start: ISO 8601 (UTC if no zone) or a duration before until (30m, 24h, 7d).
+        until: Window end (excluded): ISO 8601 or a duration before now; "" for now.
+        psi_threshold: Drift when an input statistic's PSI is above this (0.2: a significant shift).
+        class_psi_threshold: Drift when the predicted classes' PSI against the training labels is above this.
+        min_records: Fewer records of the production version in the window: "not enough data".
+        metrics: Every PSI, the record count, confidence quantiles and drift (1) or not (0).
+        report: The verdict and the scores (text and tables).
+        report_html: The same with training and served distributions drawn side by side.
+    """
+    from components.monitoring.drift import Thresholds, drift_report, window
+    from components.monitoring.report import headline, html_report, markdown_report
+    from components.store import open_store
+
+    start, end = window(since or None, until or None)
+    result = drift_report(open_store(store_uri), model_name, start, end, Thresholds(psi_threshold, class_psi_threshold, min_records))
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)
+    with open(report.path, "w") as f:
+        f.write(markdown_report(result))
+    with open(report_html.path, "w") as f:
+        f.write(html_report(result))
+    print(headline(result))
+    return result.verdict
