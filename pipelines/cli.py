@@ -30,6 +30,7 @@ from pipelines.remote_cli import add_remote_commands
 
 if TYPE_CHECKING:
     from components.deploy.step import KServeTarget
+    from components.monitoring.collection import CollectionOptions
 
 
 def pipeline_signature() -> dict[str, type]:
@@ -63,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_params(args.param, pipeline_signature())
     model_name = check_model_name(overrides)  # refused here, not by a step after training
     kserve_target({**pipeline_defaults(), **overrides})  # so are a bad deployment_mode and canary_percent
+    collection_options({**pipeline_defaults(), **overrides})  # and bad collection fractions
     if not args.in_process:
         return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
     from pipelines.run_folder import new_run_folder
@@ -96,6 +98,7 @@ def check_remote_params(params: Mapping[str, Any]) -> None:
     """What ``run --local`` refuses before any step, refused before a cluster run is submitted or scheduled."""
     check_model_name(params)
     kserve_target({**pipeline_defaults(), **params})
+    collection_options({**pipeline_defaults(), **params})
 
 
 def kserve_target(params: Mapping[str, Any]) -> KServeTarget:
@@ -107,6 +110,16 @@ def kserve_target(params: Mapping[str, Any]) -> KServeTarget:
         return KServeTarget(params["kserve_namespace"], params["serving_gpus"], params["deployment_mode"], params["canary_percent"])
     except ValueError as exc:
         raise ParamError(f"pipeline parameters deployment_mode/canary_percent: {exc}") from None
+
+
+def collection_options(params: Mapping[str, Any]) -> CollectionOptions:
+    """What the model server collects, from pipeline parameters (the deploy step builds the same)."""
+    from components.monitoring.collection import CollectionOptions
+
+    try:
+        return CollectionOptions(params["collect_uri"], params["collect_fraction"], params["collect_images_fraction"])
+    except ValueError as exc:
+        raise ParamError(f"pipeline parameters collect_fraction/collect_images_fraction: {exc}") from None
 
 
 def run_argv(args: argparse.Namespace) -> list[str]:
@@ -142,7 +155,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     settings = InferenceServiceSettings(
         name=p["model_name"], namespace=p["kserve_namespace"], model_name=p["model_name"], model_version=args.version,
         model_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",
-        manifest_sha256=args.manifest_sha256,
+        manifest_sha256=args.manifest_sha256, collection=collection_options(p),
         **target.settings_fields(),
     )
     for path in write_manifests(args.output_dir, settings):

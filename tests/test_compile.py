@@ -103,8 +103,12 @@ def test_render_pins_the_version_to_a_given_manifest_digest(tmp_path):
 
 
 @pytest.mark.parametrize(("param", "message"), [
-    ("deployment_mode=Canary", "expected deployment_mode 'Standard' or 'Knative' (or their old names 'RawDeployment', 'Serverless'), got 'Canary'"),
-    ("canary_percent=150", "expected canary_percent between 0 (no canary) and 100, got 150"),
+    ("deployment_mode=Canary", "deployment_mode/canary_percent: expected deployment_mode 'Standard' or 'Knative' (or their old names "
+                               "'RawDeployment', 'Serverless'), got 'Canary'"),
+    ("canary_percent=150", "deployment_mode/canary_percent: expected canary_percent between 0 (no canary) and 100, got 150"),
+    ("collect_fraction=1.5", "collect_fraction/collect_images_fraction: expected collect_fraction between 0 and 1, got 1.5"),
+    ("collect_images_fraction=0.5", "collect_fraction/collect_images_fraction: expected collect_images_fraction between 0 and "
+                                    "collect_fraction (0.1): an image is saved only with its record, got 0.5"),
 ])
 def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_path, param, message):
     from pipelines.cli import main
@@ -112,8 +116,18 @@ def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_p
     for argv in (["render", "--output-dir", str(tmp_path / "out")], ["run", "--local", "--workdir", str(tmp_path / "work")]):
         with pytest.raises(SystemExit) as failure:
             main([*argv, "--param", param])
-        assert str(failure.value) == f"error: pipeline parameters deployment_mode/canary_percent: {message}"
+        assert str(failure.value) == f"error: pipeline parameters {message}"
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_render_shows_what_the_predictor_collects(tmp_path) -> None:
+    from pipelines.cli import main
+
+    main(["render", "--output-dir", str(tmp_path), "--param", "collect_uri=https://acct.blob.core.windows.net/collected",
+          "--param", "collect_fraction=0.5", "--param", "collect_images_fraction=0.05"])
+    args = yaml.safe_load((tmp_path / "inferenceservice.yaml").read_text())["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--collect-uri"):] == ["--collect-uri", "https://acct.blob.core.windows.net/collected",
+                                                  "--collect-fraction", "0.5", "--collect-images-fraction", "0.05"]
 
 
 @pytest.mark.parametrize("command", ["submit", "schedule"])
