@@ -2,6 +2,7 @@
 
 Extends KServe's own argument parser, so KServe's server options work too. Listens on 127.0.0.1 unless
 ``--listen-address`` says otherwise (a container passes 0.0.0.0); gRPC only with ``--enable_grpc true``.
+``--collect-uri STORE_URI`` records a sample of requests for monitoring (:mod:`serving.collect`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from kserve.utils import utils as kserve_utils
 from components.cpu import cpu_limit
 from components.errors import ProjectError
 from components.imagefile import MAX_IMAGE_PIXELS
+from components.store import open_store
 from serving import http_limits, protocol
 from serving.batching import BatchingOptions
+from serving.collect import CollectOptions, Collector
 from serving.model import DEFAULT_MAX_INSTANCES, ImageClassifier
 from serving.server import HardenedModelServer, NetworkSettings
 
 DEFAULT_MAX_BODY_MB = 16.0
+DEFAULT_COLLECT_FRACTION = 0.1
+DEFAULT_COLLECT_IMAGES_FRACTION = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="longest a request waits for others to join its batch")
     parser.add_argument("--torch-threads", type=_positive_int, default=default_torch_threads(),
                         help="CPU threads per forward pass (default: the container's CPU limit, minus one for the event loop)")
+    parser.add_argument("--collect-uri", default=None, metavar="STORE_URI",
+                        help="record sampled requests under STORE_URI/collected/MODEL/ for monitoring (default: off)")
+    parser.add_argument("--collect-fraction", type=_fraction, default=None, metavar="F",
+                        help=f"fraction of requests recorded, 0 to 1 (default {DEFAULT_COLLECT_FRACTION}; needs --collect-uri)")
+    parser.add_argument("--collect-images-fraction", type=_fraction, default=None, metavar="F",
+                        help="fraction of requests whose preprocessed images are saved too, at most --collect-fraction "
+                             f"(default {DEFAULT_COLLECT_IMAGES_FRACTION}; needs --collect-uri)")
     return parser
+
+
+def collect_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CollectOptions | None:
+    """The collection options the flags ask for (None: off), or a one-line argparse error."""
+    if args.collect_uri is None:
+        given = [flag for flag, value in (("--collect-fraction", args.collect_fraction),
+                                          ("--collect-images-fraction", args.collect_images_fraction)) if value is not None]
+        if given:
+            parser.error(f"{given[0]} needs --collect-uri STORE_URI (collection is off without it)")
+        return None
+    fraction = DEFAULT_COLLECT_FRACTION if args.collect_fraction is None else args.collect_fraction
+    images = DEFAULT_COLLECT_IMAGES_FRACTION if args.collect_images_fraction is None else args.collect_images_fraction
+    if images > fraction:
+        # Images are saved with their records: only a recorded request can have its images saved.
+        parser.error(f"expected --collect-images-fraction at most --collect-fraction ({fraction:g}), got {images:g}")
+    return CollectOptions(fraction=fraction, images_fraction=images)
 
 
 def default_torch_threads() -> int:
@@ -72,10 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         # KServe's multi-process mode re-imports its app in fresh processes: this server's routes, hardening
         # and batcher would not be there. One process per pod; the InferenceService's replicas scale out.
         parser.error(f"expected --workers 1, found {args.workers}: run more replicas (minReplicas/maxReplicas) instead")
+    collecting = collect_options(parser, args)
+    collector = None if collecting is None else start_collector(args.collect_uri, args.model_name, collecting)
     torch.set_num_threads(args.torch_threads)
     batching = BatchingOptions(args.batching, args.max_batch_size, args.max_batch_wait_ms)
     model = ImageClassifier(args.model_name, args.model_uri, max_instances=args.max_instances, batching=batching,
-                            max_request_pixels=args.max_request_pixels, decode_threads=args.decode_threads)
+                            max_request_pixels=args.max_request_pixels, decode_threads=args.decode_threads, collector=collector)
     try:
         model.load()
     except ProjectError as exc:
@@ -83,6 +113,15 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("serving").error("refusing to serve %s: %s", args.model_uri, exc)
         sys.exit(2)
     serve([model], args)
+
+
+def start_collector(uri: str, model_name: str, options: CollectOptions) -> Collector:
+    try:
+        store = open_store(uri)
+    except ProjectError as exc:  # a malformed URI: say so before serving, not on the first batch
+        logging.getLogger("serving").error("refusing --collect-uri %s: %s", uri, exc)
+        sys.exit(2)
+    return Collector(store, model_name, options)
 
 
 def serve(models: list[ImageClassifier], args: argparse.Namespace) -> None:
@@ -97,6 +136,9 @@ def serve(models: list[ImageClassifier], args: argparse.Namespace) -> None:
     # Operators check here that the pod's CPU limit was read (cgroup v2 or v1), not the node's cores.
     logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME).info("CPU limit %d: %d decode threads, %d torch threads; %s", cpu_limit(),
                                                              args.decode_threads, args.torch_threads, server.settings)
+    for model in models:
+        if model.collector is not None:
+            logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME).info("%s: %s", model.name, model.collector.describe())
     if not args.enable_latency_logging:
         # KServe also logs two timing lines per request on this logger whatever the flag says; "no latency
         # logging" means none (Prometheus keeps the latency histograms). Set after ModelServer configures logging.
@@ -115,6 +157,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
     return value
 
 

@@ -31,7 +31,7 @@ import orjson
 from kserve import InferOutput
 from kserve.errors import InvalidInput
 
-from components.imagefile import MAX_IMAGE_PIXELS, ImageDecodeError, decode_fit, read_header_only
+from components.imagefile import MAX_IMAGE_PIXELS, Header, ImageDecodeError, decode_fit, read_header_only
 from components.modelfile import ModelCard
 
 PIXELS_INPUT = "images"
@@ -73,10 +73,13 @@ class ServingSpec:
 
 @dataclass(frozen=True)
 class Batch:
-    """A decoded request: pixels ``float32 [N,C,H,W]`` in 0–255, and the top-k option."""
+    """A decoded request: pixels ``float32 [N,C,H,W]`` in 0–255, the top-k option, and per image what it
+    looked like as sent (``{"width", "height", "mode"}`` of an image file from its header, ``{"shape"}`` of
+    pixel values), which inference data collection records."""
 
     pixels: np.ndarray
     top_k: int | None
+    sent: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,11 @@ def decode_v1(payload: Any, spec: ServingSpec) -> Batch:
     top_k = parse_parameters(payload.get("parameters"), spec)
     wheres = [f"instance {i}" for i in range(len(instances))]
     encoded = [_instance_bytes(instance, where) for instance, where in zip(instances, wheres)]
-    check_pixel_budget([(w, e) for w, e in zip(wheres, encoded) if e is not None], spec)
+    headers = iter(check_pixel_budget([(w, e) for w, e in zip(wheres, encoded) if e is not None], spec))
     images = [decode_instance(i, spec, w) if e is None else decode_image(e, spec, w) for i, e, w in zip(instances, encoded, wheres)]
-    return Batch(np.stack(images), top_k)
+    # Headers come in the order of the encoded instances; pixel values were checked, so their first elements give the shape.
+    sent = tuple(_sent_shape(_nested_shape(i)) if e is None else _sent_header(next(headers)) for i, e in zip(instances, encoded))
+    return Batch(np.stack(images), top_k, sent)
 
 
 def _instance_bytes(instance: Any, where: str) -> bytes | None:
@@ -162,9 +167,11 @@ def decode_v2(inputs: Sequence[Tensor], parameters: Any, spec: ServingSpec) -> B
     tensor = inputs[0]
     top_k = parse_parameters(parameters, spec)
     if tensor.name == PIXELS_INPUT:
-        return Batch(decode_pixel_tensor(tensor, spec), top_k)
+        pixels = decode_pixel_tensor(tensor, spec)
+        return Batch(pixels, top_k, (_sent_shape(list(pixels.shape[1:])),) * len(pixels))
     if tensor.name == BYTES_INPUT:
-        return Batch(decode_bytes_tensor(tensor, spec), top_k)
+        pixels, headers = decode_bytes_tensor(tensor, spec)
+        return Batch(pixels, top_k, tuple(_sent_header(h) for h in headers))
     raise InvalidInput(f'expected an input named "{PIXELS_INPUT}" ({FP32}) or "{BYTES_INPUT}" ({BYTES}), found "{tensor.name}"')
 
 
@@ -185,8 +192,9 @@ def decode_pixel_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def decode_bytes_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
-    """A BYTES ``[N]`` (or ``[N,1]``) tensor of encoded images, each decoded like a v1 ``b64`` instance."""
+def decode_bytes_tensor(tensor: Tensor, spec: ServingSpec) -> tuple[np.ndarray, list[Header]]:
+    """A BYTES ``[N]`` (or ``[N,1]``) tensor of encoded images, each decoded like a v1 ``b64`` instance;
+    also each image's header as sent."""
     if tensor.datatype != BYTES:
         raise InvalidInput(f'expected datatype {BYTES} for "{BYTES_INPUT}", found {tensor.datatype}')
     shape = _shape(tensor.shape)
@@ -197,8 +205,8 @@ def decode_bytes_tensor(tensor: Tensor, spec: ServingSpec) -> np.ndarray:
     if len(elements) != shape[0]:
         raise InvalidInput(f"expected {shape[0]} encoded images for shape {shape}, found {len(elements)}")
     encoded = [(f"image {i}", _element_bytes(e, f"image {i}")) for i, e in enumerate(elements)]
-    check_pixel_budget(encoded, spec)
-    return np.stack([decode_image(data, spec, where) for where, data in encoded])
+    headers = check_pixel_budget(encoded, spec)
+    return np.stack([decode_image(data, spec, where) for where, data in encoded]), headers
 
 
 def _element_bytes(element: Any, where: str) -> bytes:
@@ -225,22 +233,24 @@ def base64_bytes(text: Any, where: str) -> bytes:
         raise InvalidInput(f"{where}: expected base64 text of a PNG or JPEG file, found characters or padding that are not base64") from None
 
 
-def check_pixel_budget(encoded: Sequence[tuple[str, bytes]], spec: ServingSpec) -> None:
+def check_pixel_budget(encoded: Sequence[tuple[str, bytes]], spec: ServingSpec) -> list[Header]:
     """Refuse a request whose images would decode to more than ``spec.max_request_pixels`` in all, counted
     from each image's header before any is decoded: decoding is the costly step (CPU and memory), and a
-    small file can claim a huge image."""
-    total, first_over = 0, None
+    small file can claim a huge image. Returns the headers, in order."""
+    total, first_over, headers = 0, None, []
     for where, data in encoded:
         try:
             header = read_header_only(data)
         except ImageDecodeError as exc:
             raise InvalidInput(f"{where}: {exc}") from None
+        headers.append(header)
         total += header.pixels
         if first_over is None and total > spec.max_request_pixels:
             first_over = f"{where}, {header.width}x{header.height}"
     if first_over is not None:
         raise InvalidInput(f"expected at most {spec.max_request_pixels:,} decoded pixels per request, found {total:,} "
                            f"in {len(encoded)} images (the first over the budget: {first_over})")
+    return headers
 
 
 def decode_image(encoded: bytes, spec: ServingSpec, where: str) -> np.ndarray:
@@ -411,6 +421,23 @@ def _flatten(data: Any) -> list[Any]:
     for item in data:
         flat.extend(_flatten(item) if isinstance(item, list) else [item])
     return flat
+
+
+def _nested_shape(values: Any) -> list[int]:
+    """The shape of a checked (rectangular) nested list, from its first elements: no second conversion."""
+    shape = []
+    while isinstance(values, list):
+        shape.append(len(values))
+        values = values[0] if values else None
+    return shape
+
+
+def _sent_shape(shape: list[int]) -> dict[str, Any]:
+    return {"shape": shape}
+
+
+def _sent_header(header: Header) -> dict[str, Any]:
+    return {"width": header.width, "height": header.height, "mode": header.mode}
 
 
 def _instance_shape_text(spec: ServingSpec) -> str:

@@ -9,6 +9,9 @@ decodes the request (:mod:`serving.codec`), runs the forward pass through the ba
 The registry version it serves (``version`` in ``MANIFEST.json``, which the registry writes once and a
 pinned URI fixes) is on every inference answer: the :data:`VERSION_HEADER` header (v1 and v2) and the v2
 ``model_version`` field; :class:`serving.protocol.ValidatingDataPlane` lists it in ``GET /v2/models/NAME``.
+
+With a :class:`serving.collect.Collector`, every answered request is offered to it (it samples, queues and
+writes off the request path); ``stop()``, which KServe calls when SIGTERM stops the server, flushes it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from serving.codec import (
     input_types,
     output_types,
 )
+from serving.collect import Collector
 from serving.protocol import binary_values
 
 logger = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ VERSION_HEADER = "x-model-version"
 
 class ImageClassifier(Model):
     def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None,
-                 max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1):
+                 max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1, collector: Collector | None = None):
         # With response headers, KServe hands predict() the dict its HTTP answer's headers come from.
         super().__init__(name, return_response_headers=True)
         self.model_uri = model_uri
@@ -70,6 +74,7 @@ class ImageClassifier(Model):
         self.spec: ServingSpec | None = None
         self.batcher: Batcher | None = None
         self.manifest: dict[str, Any] = {}
+        self.collector = collector  # None: collection off
 
     def load(self) -> bool:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,6 +101,10 @@ class ImageClassifier(Model):
         return None if version is None else str(version)
 
     def stop(self) -> None:
+        # KServe's signal handler unloads the model (calling this) once uvicorn has finished the requests in
+        # flight: every answered request has been offered by then, and close() writes what is still queued.
+        if self.collector is not None:
+            self.collector.close()
         if self.batcher is not None:
             self.batcher.close()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -119,6 +128,7 @@ class ImageClassifier(Model):
             return await self._infer_v2(payload)
         batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
         probs = await self.batcher.run(batch.pixels)
+        self._collect(batch, probs, None)
         return encode_v1(probs, self.spec, batch.top_k)
 
     async def _decode(self, decode: Callable[..., Batch], images: bool, *args: Any) -> Batch:
@@ -137,14 +147,22 @@ class ImageClassifier(Model):
         batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
         check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
         probs = await self.batcher.run(batch.pixels)
+        response_id = request.id or str(uuid.uuid4())
+        self._collect(batch, probs, response_id)  # recorded under the id the client gets back
         return InferResponse(
-            response_id=request.id or str(uuid.uuid4()),
+            response_id=response_id,
             model_name=self.name,
             model_version=self.version,
             infer_outputs=encode_v2(probs, self.spec, batch.top_k),
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
+
+    def _collect(self, batch: Batch, probs: np.ndarray, request_id: str | None) -> None:
+        """Offer the answered request to the collector (samples and queues in microseconds; never raises)."""
+        if self.collector is not None:
+            # v1 carries no id: one is made up. Request headers (x-request-id included) are never recorded.
+            self.collector.offer(batch.pixels, probs, request_id or uuid.uuid4().hex, self.version, self.spec.class_names, batch.sent)
 
 
 def load_summary(name: str, model_uri: str, manifest: dict[str, Any], digest: str) -> str:

@@ -1,0 +1,297 @@
+"""Inference data collection: what the predictor receives and answers, recorded to a store for monitoring.
+
+:meth:`Collector.offer` is called on the request path once the probabilities are known. It only samples
+and puts one item per image on a bounded :class:`queue.Queue` (microseconds, never blocks, never raises);
+when the queue is full the images are dropped and counted. A writer thread drains the queue in batches
+(``batch_records`` records, or whatever arrived within ``flush_interval_s``), computes the per-image
+statistics (:func:`components.monitoring.stats.image_stats`), and writes each batch as a new JSON-lines
+object, never rewritten::
+
+    collected/MODEL/date=YYYY-MM-DD/hour=HH/WRITER-SEQ.jsonl          one record per image (RECORD_FIELDS)
+    collected/MODEL/images/date=YYYY-MM-DD/hour=HH/REQUEST-INDEX-WRITER-SEQ.png   sampled preprocessed images
+
+``WRITER`` is unique per process (host, pid, random), so replicas never write the same key. A store
+failure drops that batch's records (counted, one log line) and the writer goes on. :meth:`Collector.close`
+writes everything still queued: the predictor calls it when it stops (SIGTERM).
+
+Nothing from the request's headers is recorded: only the pixels after preprocessing, what the image looked
+like as sent (size and mode, or a tensor's shape), and the answer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve.logging import KSERVE_LOGGER_NAME
+from PIL import Image
+from prometheus_client import Counter
+
+from components.monitoring.stats import image_stats
+from components.store import Store, join_key
+
+# Under KServe's logger: the server configures only that one (and uvicorn's), and an operator must see these lines.
+logger = logging.getLogger(f"{KSERVE_LOGGER_NAME}.collect")
+
+COLLECT_PREFIX = "collected"
+DEFAULT_QUEUE_SIZE = 10_000  # records; each holds one preprocessed image until written
+DEFAULT_BATCH_RECORDS = 1_000
+DEFAULT_FLUSH_INTERVAL_S = 1.0
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+# In prometheus_client's default registry, which KServe serves on GET /metrics.
+RECORDS_WRITTEN = Counter("inference_collect_records", "Collected inference records written to the store", ["model_name"])
+RECORDS_DROPPED = Counter("inference_collect_dropped",
+                          "Collected inference records dropped: queue full, or the store failed to take their batch", ["model_name"])
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """What is collected and how it is buffered. ``images_fraction`` of requests also have their images
+    saved; those are a subset of the ``fraction`` recorded, so it may not exceed it."""
+
+    fraction: float = 0.1
+    images_fraction: float = 0.0
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    batch_records: int = DEFAULT_BATCH_RECORDS
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"expected a collect fraction from 0 to 1, got {self.fraction}")
+        if not 0.0 <= self.images_fraction <= self.fraction:
+            raise ValueError(f"expected an images fraction from 0 to the collect fraction {self.fraction}, got {self.images_fraction}")
+        if self.queue_size < 1 or self.batch_records < 1 or self.flush_interval_s <= 0:
+            raise ValueError(f"expected a positive queue size, batch size and flush interval, got {self}")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What the images of one sampled request share."""
+
+    time: datetime
+    request_id: str
+    version: str | None
+    labels: Sequence[str]
+    save_images: bool
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image on the queue: views into the request's arrays, turned into a record by the writer."""
+
+    request: _Request
+    index: int
+    pixels: np.ndarray  # float32 [C, H, W], 0–255
+    probs: np.ndarray  # float [K]
+    sent: dict[str, Any] | None
+
+
+_STOP = object()  # put by close(): the writer drains the queue and exits
+
+
+def writer_id() -> str:
+    """Unique per process: two replicas (or a restarted one) never write the same key."""
+    host = _SAFE_ID.sub("_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Collector:
+    """Samples requests on the request path and writes their records from a background thread."""
+
+    def __init__(self, store: Store, model: str, options: CollectOptions | None = None, seed: int | None = None):
+        self.store = store
+        self.model = model
+        self.options = options or CollectOptions()
+        self.writer = writer_id()
+        self.written = 0  # records in the store (also RECORDS_WRITTEN); the writer thread adds
+        self.dropped = 0  # records lost (also RECORDS_DROPPED); both threads add, under _count_lock
+        self._count_lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_size)
+        self._seq = 0
+        self._root_ready = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"{model}-collect", daemon=True)
+        self._thread.start()
+
+    def describe(self) -> str:
+        """The startup line: what is collected, where, and under which writer id."""
+        return (f"collecting {self.options.fraction:g} of requests (images of {self.options.images_fraction:g}) to "
+                f"{self.store.uri}/{COLLECT_PREFIX}/{self.model}/ as writer {self.writer}")
+
+    # -- the request path ---------------------------------------------------------------------------------
+
+    def offer(self, pixels: np.ndarray, probs: np.ndarray, request_id: str, version: str | None, labels: Sequence[str],
+              sent: Sequence[dict[str, Any]] | None = None) -> None:
+        """Queue one request's images (``float32 [N,C,H,W]`` on 0–255) and answers (``[N,K]``) if sampled.
+        Never blocks and never raises: a problem here must not fail the request it describes."""
+        try:
+            self._offer(pixels, probs, request_id, version, labels, sent)
+        except Exception:  # a bug here is logged, never the request's failure
+            logger.exception("collection: could not queue request %s", request_id)
+
+    def _offer(self, pixels: np.ndarray, probs: np.ndarray, request_id: str, version: str | None, labels: Sequence[str],
+               sent: Sequence[dict[str, Any]] | None) -> None:
+        # One draw per request: recorded below `fraction`, images saved below the smaller `images_fraction`.
+        draw = self._rng.random()
+        if draw >= self.options.fraction:
+            return
+        if self._closed:  # the writer has stopped: nothing queued now would be written
+            self._count_dropped(len(pixels))
+            return
+        request = _Request(datetime.now(UTC), request_id, version, labels, draw < self.options.images_fraction)
+        for index in range(len(pixels)):
+            item = _Item(request, index, pixels[index], probs[index], sent[index] if sent else None)
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self._count_dropped(len(pixels) - index)
+                return
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued so far and stop the writer (at most ``timeout_s``; a store that hangs longer
+        loses what is left, and the process can still exit: the thread is a daemon)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._queue.put(_STOP, timeout=timeout_s)  # waits only while the queue is full and the writer drains it
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.warning("collection: the store did not take the last records within %.0f s; %d queued records are lost",
+                           timeout_s, self._queue.qsize())
+        logger.info("collection stopped: %d records written, %d dropped", self.written, self.dropped)
+
+    # -- the writer thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._write_batch(batch)
+
+    def _next_batch(self) -> tuple[list[_Item], bool]:
+        """Items for one object: up to ``batch_records``, or what arrived within ``flush_interval_s`` of the
+        first. Returns whether close() asked to stop (everything before its marker is in the batches)."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.options.flush_interval_s
+        while len(batch) < self.options.batch_records:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        # Records are partitioned by the hour they were answered in: a batch that spans an hour is two objects.
+        for partition, items in _by_partition(batch).items():
+            try:
+                self._write_partition(partition, items)
+            except Exception as exc:  # any store failure: these records are lost, the writer goes on
+                self._count_dropped(len(items))
+                logger.warning("collection: dropped %d records, the store did not take them: %s", len(items), _one_line(exc))
+            else:
+                self.written += len(items)
+                RECORDS_WRITTEN.labels(self.model).inc(len(items))
+
+    def _write_partition(self, partition: str, items: list[_Item]) -> None:
+        if not self._root_ready:  # a Blob container is created on first use, and again after a failure
+            self.store.ensure_root()
+            self._root_ready = True
+        self._seq += 1
+        name = f"{self.writer}-{self._seq:06d}"
+        stats = image_stats(np.stack([item.pixels for item in items]))
+        lines = []
+        for n, item in enumerate(items):
+            image_key = self._save_image(partition, name, item) if item.request.save_images else None
+            lines.append(orjson.dumps(self._record(item, stats.mean[n], stats.std[n], stats.hist[n], image_key)))
+        self.store.write_bytes(join_key(COLLECT_PREFIX, self.model, partition, f"{name}.jsonl"), b"\n".join(lines) + b"\n")
+
+    def _record(self, item: _Item, mean: np.ndarray, std: np.ndarray, hist: np.ndarray, image_key: str | None) -> dict[str, Any]:
+        """One image's record: exactly the fields of RECORD_FIELDS, the contract with the drift report."""
+        predicted = int(np.argmax(item.probs))
+        record = {
+            "time": item.request.time.isoformat(timespec="milliseconds"),
+            "model": self.model,
+            "version": item.request.version,
+            "request_id": item.request.request_id,
+            "index": item.index,
+            "sent": item.sent,
+            "mean": _rounded(mean),
+            "std": _rounded(std),
+            "hist": _rounded(hist),
+            "predicted": predicted,
+            "label": item.request.labels[predicted],
+            "confidence": round(float(item.probs[predicted]), 6),
+            "image": image_key,
+        }
+        return record
+
+    def _save_image(self, partition: str, name: str, item: _Item) -> str:
+        # The request id is the client's (v2): made safe for a key, and made unique by this object's name.
+        request_id = _SAFE_ID.sub("_", item.request.request_id)[:64]
+        key = join_key(COLLECT_PREFIX, self.model, "images", partition, f"{request_id}-{item.index}-{name}.png")
+        self.store.write_bytes(key, png_bytes(item.pixels))
+        return key
+
+    def _count_dropped(self, count: int) -> None:
+        with self._count_lock:
+            self.dropped += count
+        RECORDS_DROPPED.labels(self.model).inc(count)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """``[C,H,W]`` pixels on 0–255 (C is 1 or 3) as a PNG file: what the network saw, before normalization."""
+    array = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    image = Image.fromarray(array[0], "L") if array.shape[0] == 1 else Image.fromarray(np.moveaxis(array, 0, -1), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def partition_of(moment: datetime) -> str:
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def _by_partition(batch: list[_Item]) -> dict[str, list[_Item]]:
+    groups: dict[str, list[_Item]] = {}
+    for item in batch:
+        groups.setdefault(partition_of(item.request.time), []).append(item)
+    return groups
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    # Six decimals: far finer than any drift score needs, and half the bytes of a full float.
+    return [round(float(v), 6) for v in values]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
