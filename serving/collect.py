@@ -2,10 +2,11 @@
 
 :meth:`Collector.offer` is called on the request path once the probabilities are known. It only samples
 and puts one item per image on a bounded :class:`queue.Queue` (microseconds, never blocks, never raises);
-when the queue is full the images are dropped and counted. A writer thread drains the queue in batches
-(``batch_records`` records, or whatever arrived within ``flush_interval_s``), computes the per-image
-statistics (:func:`components.monitoring.stats.image_stats`), and writes each batch as a new JSON-lines
-object, never rewritten::
+when the queue is full (``queue_size`` records, or ``max_queued_bytes`` of pixels) the images are dropped
+and counted. A writer thread drains the queue in batches (``batch_records`` records, or whatever arrived
+within ``flush_interval_s``), computes the per-image statistics
+(:func:`components.monitoring.stats.image_stats`), and writes each batch as a new JSON-lines object,
+never rewritten::
 
     collected/MODEL/date=YYYY-MM-DD/hour=HH/WRITER-SEQ.jsonl          one record per image (RECORD_FIELDS)
     collected/MODEL/images/date=YYYY-MM-DD/hour=HH/REQUEST-INDEX-WRITER-SEQ.png   sampled preprocessed images
@@ -49,6 +50,9 @@ logger = logging.getLogger(f"{KSERVE_LOGGER_NAME}.collect")
 
 COLLECT_PREFIX = "collected"
 DEFAULT_QUEUE_SIZE = 10_000  # records; each holds one preprocessed image until written
+# Pixels held until written, whatever the model's input size: 10,000 MNIST images are 30 MiB, but 10,000
+# float32 3x224x224 images would be 6 GiB; past this budget records are dropped like on a full queue.
+DEFAULT_MAX_QUEUED_BYTES = 256 * 2**20
 DEFAULT_BATCH_RECORDS = 1_000
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
@@ -67,6 +71,7 @@ class CollectOptions:
     fraction: float = 0.1
     images_fraction: float = 0.0
     queue_size: int = DEFAULT_QUEUE_SIZE
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     batch_records: int = DEFAULT_BATCH_RECORDS
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
 
@@ -75,7 +80,7 @@ class CollectOptions:
             raise ValueError(f"expected a collect fraction from 0 to 1, got {self.fraction}")
         if not 0.0 <= self.images_fraction <= self.fraction:
             raise ValueError(f"expected an images fraction from 0 to the collect fraction {self.fraction}, got {self.images_fraction}")
-        if self.queue_size < 1 or self.batch_records < 1 or self.flush_interval_s <= 0:
+        if self.queue_size < 1 or self.max_queued_bytes < 1 or self.batch_records < 1 or self.flush_interval_s <= 0:
             raise ValueError(f"expected a positive queue size, batch size and flush interval, got {self}")
 
 
@@ -119,8 +124,9 @@ class Collector:
         self.options = options or CollectOptions()
         self.writer = writer_id()
         self.written = 0  # records in the store (also RECORDS_WRITTEN); the writer thread adds
-        self.dropped = 0  # records lost (also RECORDS_DROPPED); both threads add, under _count_lock
-        self._count_lock = threading.Lock()
+        self.dropped = 0  # records lost (also RECORDS_DROPPED); both threads add, under _lock
+        self._queued_bytes = 0  # pixels offered and not yet written (or dropped), under _lock
+        self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_size)
         self._seq = 0
@@ -157,11 +163,26 @@ class Collector:
         request = _Request(datetime.now(UTC), request_id, version, labels, draw < self.options.images_fraction)
         for index in range(len(pixels)):
             item = _Item(request, index, pixels[index], probs[index], sent[index] if sent else None)
+            if not self._reserve(item.pixels.nbytes):
+                self._count_dropped(len(pixels) - index)
+                return
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
+                self._release(item.pixels.nbytes)
                 self._count_dropped(len(pixels) - index)
                 return
+
+    def _reserve(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._queued_bytes + nbytes > self.options.max_queued_bytes:
+                return False
+            self._queued_bytes += nbytes
+            return True
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._queued_bytes -= nbytes
 
     # -- shutdown -----------------------------------------------------------------------------------------
 
@@ -174,12 +195,14 @@ class Collector:
         deadline = time.monotonic() + timeout_s
         try:
             self._queue.put(_STOP, timeout=timeout_s)  # waits only while the queue is full and the writer drains it
+            markers = 1
         except queue.Full:
-            pass
+            markers = 0
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            logger.warning("collection: the store did not take the last records within %.0f s; %d queued records are lost",
-                           timeout_s, self._queue.qsize())
+            lost = max(0, self._queue.qsize() - markers)  # plus the batch the writer still holds, if its write never ends
+            self._count_dropped(lost)
+            logger.warning("collection: the store did not take the last records within %.0f s; %d queued records are lost", timeout_s, lost)
         logger.info("collection stopped: %d records written, %d dropped", self.written, self.dropped)
 
     # -- the writer thread ----------------------------------------------------------------------------------
@@ -210,6 +233,12 @@ class Collector:
         return batch, False
 
     def _write_batch(self, batch: list[_Item]) -> None:
+        try:
+            self._write_partitions(batch)
+        finally:
+            self._release(sum(item.pixels.nbytes for item in batch))
+
+    def _write_partitions(self, batch: list[_Item]) -> None:
         # Records are partitioned by the hour they were answered in: a batch that spans an hour is two objects.
         for partition, items in _by_partition(batch).items():
             try:
@@ -262,7 +291,7 @@ class Collector:
         return key
 
     def _count_dropped(self, count: int) -> None:
-        with self._count_lock:
+        with self._lock:
             self.dropped += count
         RECORDS_DROPPED.labels(self.model).inc(count)
 

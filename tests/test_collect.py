@@ -258,9 +258,16 @@ def records_in(root: Path) -> list[dict[str, Any]]:
     return collected(str(root))
 
 
-def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
+IMAGE_BYTES = 1 * 28 * 28 * 4  # one float32 image of the test model
+
+
+@pytest.mark.parametrize("limit", [
+    {"queue_size": 4},  # 4 records on the queue
+    {"max_queued_bytes": 5 * IMAGE_BYTES},  # 5 images' pixels, "first" (held by the writer) among them
+])
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path, limit):
     store = GatedStore(tmp_path / "store")
-    collector = Collector(store, MODEL, CollectOptions(fraction=1.0, queue_size=4, batch_records=1))
+    collector = Collector(store, MODEL, CollectOptions(fraction=1.0, batch_records=1, **limit))
     offer(collector, "first")
     assert store.entered.wait(WAIT_S)  # the writer holds "first" and waits in the store: the queue is empty
     began = time.monotonic()
@@ -306,6 +313,18 @@ def test_close_writes_everything_queued_at_once(tmp_path):
     assert {(r["predicted"], r["label"], r["confidence"], r["version"], r["image"]) for r in records} == {(3, "3", 0.55, "7", None)}
     offer(collector, "late")  # after close: counted, never written, never raises
     assert collector.dropped == 1 and len(records_in(tmp_path / "store")) == 6
+
+
+def test_close_gives_up_on_a_store_that_hangs_and_counts_what_is_lost(tmp_path):
+    store = GatedStore(tmp_path / "store")  # its gate stays shut: every write hangs
+    collector = Collector(store, MODEL, CollectOptions(fraction=1.0, batch_records=1))
+    offer(collector, "first")
+    assert store.entered.wait(WAIT_S)
+    offer(collector, "queued", n=3)
+    began = time.monotonic()
+    collector.close(timeout_s=0.3)
+    assert time.monotonic() - began < 2 and collector.dropped == 3  # the 3 queued; "first" is the write that hangs
+    store.gate.set()  # let the thread end
 
 
 def test_a_failed_batch_is_counted_and_the_writer_goes_on(tmp_path):
