@@ -1,6 +1,6 @@
 """``python -m pipelines monitor``: the drift report of a model's production version over a window.
 
-    monitor --store URI --model NAME [--since 24h|ISO] [--until ISO|duration] [--out DIR]
+    monitor --store URI [--collected URI] --model NAME [--since 24h|ISO] [--until ISO|duration] [--out DIR]
             [--psi-threshold 0.2] [--class-psi-threshold 0.2] [--min-records 100]
 
 Prints the verdict line and the scores table, and writes report.md, report.html, metrics.json and drift.json
@@ -24,7 +24,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     since, until = window(args.since, args.until)  # ValueError: one line, before the store is touched
     thresholds = Thresholds(args.psi_threshold, args.class_psi_threshold, args.min_records)
-    report = drift_report(open_store(args.store), args.model, since, until, thresholds)
+    store = open_store(args.store)
+    collected = open_store(args.collected) if args.collected else store
+    report = drift_report(store, args.model, since, until, thresholds, collected)
     print(headline(report))
     table = statistics_table(report)
     widths = [max(len(row[i]) for row in table) for i in range(3)]
@@ -50,7 +52,8 @@ def _non_negative(kind: type) -> Callable[[str], float | int]:
 
 def add_monitor_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("monitor", help="drift report: collected requests against the production version's training data")
-    p.add_argument("--store", required=True, metavar="URI", help="store URI holding the registry and collected/ (path, https://…blob…)")
+    p.add_argument("--store", required=True, metavar="URI", help="store URI holding the registry (path, https://…blob…)")
+    p.add_argument("--collected", metavar="URI", help="store URI holding collected/ (the predictor's collect_uri); default: --store")
     p.add_argument("--model", required=True, type=model_name_arg, metavar="NAME", help="model name in the registry")
     p.add_argument("--since", metavar="TIME", help="window start: ISO 8601 (UTC if no zone) or a duration before --until "
                    "(30m, 24h, 7d); default 24h")

@@ -185,9 +185,10 @@ def test_monitor_cli_writes_the_reports_and_names_the_promotion_in_the_window(pu
     store, _ = pushed
     pixels, labels = held_out
     start = datetime.now(UTC) - timedelta(minutes=30)
-    write_records(store, records(pixels, labels, start=start, step=timedelta(seconds=1)))
+    collected = open_store(str(tmp_path / "collected"))  # as on AKS: the records in a container of their own
+    write_records(collected, records(pixels, labels, start=start, step=timedelta(seconds=1)))
     out = tmp_path / "report"
-    main(["monitor", "--store", store.uri, "--model", MODEL, "--since", "2h", "--out", str(out)])  # exit code 0: no SystemExit
+    main(["monitor", "--store", store.uri, "--collected", collected.uri, "--model", MODEL, "--since", "2h", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "digits version 1 (production)" in printed and ": NO DRIFT (" in printed and "\nmean[L] " in printed
     assert sorted(p.name for p in out.iterdir()) == ["drift.json", "metrics.json", "report.html", "report.md"]
@@ -234,7 +235,7 @@ def test_the_component_logs_the_metrics_writes_both_pages_and_returns_the_verdic
     write_records(store, records(*held_out))
     metrics, page, summary = (dsl.Metrics(uri=str(tmp_path / "metrics")), dsl.HTML(uri=str(tmp_path / "report.html")),
                               dsl.Markdown(uri=str(tmp_path / "report.md")))
-    verdict = component.python_func(store_uri=store.uri, model_name=MODEL, since=SINCE.isoformat(), until=UNTIL.isoformat(),
+    verdict = component.python_func(store_uri=store.uri, collect_uri="", model_name=MODEL, since=SINCE.isoformat(), until=UNTIL.isoformat(),
                                     psi_threshold=0.2, class_psi_threshold=0.2, min_records=100, metrics=metrics,
                                     report=summary, report_html=page)
     assert verdict == NO_DRIFT and metrics.metadata["records"] == len(held_out[0]) and metrics.metadata["drift"] == 0

@@ -79,7 +79,7 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         manifest = registry.manifest(1)
         assert manifest["verdict"]["decision"] == "accepted" and registry.production().version == 1
         assert manifest["lineage"]["dataset_hash"] and manifest["lineage"]["run_id"]
-        assert set(manifest["files"]) == {"model.safetensors", "model.json", "metrics.json"}
+        assert set(manifest["files"]) == {"model.safetensors", "model.json", "metrics.json", "monitoring.json"}
         endpoint = read_state(tmp_path / "serving")
         assert predict_v1(endpoint.url, "digits", np.zeros((1, 1, 28, 28)))[0]["label"] in "0123456789"
 

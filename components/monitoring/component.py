@@ -6,14 +6,16 @@ from components.kfp_base import project_component
 
 
 @project_component
-def drift_report(store_uri: str, model_name: str, since: str, until: str, psi_threshold: float, class_psi_threshold: float,
-                 min_records: int, metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML]) -> str:
+def drift_report(store_uri: str, collect_uri: str, model_name: str, since: str, until: str, psi_threshold: float,
+                 class_psi_threshold: float, min_records: int, metrics: Output[Metrics], report: Output[Markdown],
+                 report_html: Output[HTML]) -> str:
     """Compare the collected requests of a window with the training split of the version in production.
 
     Returns the verdict: "drift", "no drift" or "not enough data" (the reason is in the reports and the log).
 
     Args:
-        store_uri: Store URI holding the registry and the collected records (collected/MODEL/...).
+        store_uri: Store URI holding the registry.
+        collect_uri: Store URI holding the collected records (collected/MODEL/...); "" for store_uri.
         model_name: Registry name; its production version is the one judged.
         since: Window start: ISO 8601 (UTC if no zone) or a duration before until (30m, 24h, 7d).
         until: Window end (excluded): ISO 8601 or a duration before now; "" for now.
@@ -29,7 +31,9 @@ def drift_report(store_uri: str, model_name: str, since: str, until: str, psi_th
     from components.store import open_store
 
     start, end = window(since or None, until or None)
-    result = drift_report(open_store(store_uri), model_name, start, end, Thresholds(psi_threshold, class_psi_threshold, min_records))
+    store = open_store(store_uri)
+    collected = open_store(collect_uri) if collect_uri else store
+    result = drift_report(store, model_name, start, end, Thresholds(psi_threshold, class_psi_threshold, min_records), collected)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     with open(report.path, "w") as f:

@@ -355,13 +355,16 @@ def pointer_moves(registry: Registry, since: datetime, until: datetime) -> list[
     return sorted(moves, key=lambda m: m["at"])
 
 
-def drift_report(store: Store, model: str, since: datetime, until: datetime, thresholds: Thresholds | None = None) -> DriftReport:
-    """Judge the window's records of the production version against its training reference."""
+def drift_report(store: Store, model: str, since: datetime, until: datetime, thresholds: Thresholds | None = None,
+                 collected: Store | None = None) -> DriftReport:
+    """Judge the window's records of the production version against its training reference. ``store`` holds
+    the registry; ``collected`` the records (default: the same store; on AKS another container, which the
+    predictor may write and the models' container may not)."""
     thresholds = thresholds or Thresholds()
     registry = Registry(store, model)
     version = production_version(registry)
     reference = load_reference(registry, version)
-    tally = read_window(store, model, since, until, WindowTally(reference, version))
+    tally = read_window(collected or store, model, since, until, WindowTally(reference, version))
     statistics = statistic_drift(reference, tally.tally)
     classes = class_drift(reference, tally.predicted)
     verdict, reason = judge(tally.tally.images, statistics, classes, thresholds, version)
