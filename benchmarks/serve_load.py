@@ -1,4 +1,4 @@
-"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet] [--driver {wrk,aiohttp}] [--no-pin] [--server-repo PATH]``.
+"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet] [--collect] [--driver {wrk,aiohttp}] [--no-pin] [--server-repo PATH]``.
 
 Prints one table per model from one run:
 
@@ -6,7 +6,9 @@ Prints one table per model from one run:
   the same torch thread count the server uses;
 - for single-image requests at concurrency 1, 16 and 64, with dynamic batching on and off: the served
   requests/s, p50 and p99 latency, errors, the server's CPU time per request (steadier than requests/s
-  on a shared machine), and served/limit ratios.
+  on a shared machine), and served/limit ratios;
+- with ``--collect``: the same highest-concurrency rows, batching on, with the server collecting every request
+  and a tenth of them (``--collect-uri``, a local folder), against collection off from the same run.
 
 The server runs as a real process (``python -m serving``); the load comes over HTTP from a separate
 process, closed loop, one connection per concurrent client, a warm-up not counted: ``wrk`` (native, one
@@ -57,6 +59,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 16, 64)
+COLLECT_FRACTIONS = (1.0, 0.1)
 
 
 @dataclass(frozen=True)
@@ -180,13 +183,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_options(folder: Path, batching: bool, args: argparse.Namespace, port: int) -> list[list[str]]:
+def server_options(folder: Path, batching: bool, args: argparse.Namespace, port: int,
+                   collect: tuple[Path, float] | None = None) -> list[list[str]]:
     """Every option the benchmark would pass, one flag and its values each. The thread count is explicit:
-    an older server sizes it from the machine's cores, not from the one core it is pinned to."""
-    return [["--model-uri", str(folder)], ["--model-name", MODEL_NAME], ["--http-port", str(port)], ["--enable_grpc", "false"],
-            ["--batching" if batching else "--no-batching"], ["--max-batch-size", str(args.max_batch_size)],
-            ["--max-batch-wait-ms", str(args.max_batch_wait_ms)], ["--max-instances", str(args.max_batch_size)],
-            ["--torch-threads", str(args.torch_threads)], ["--enable_latency_logging", "false"]]
+    an older server sizes it from the machine's cores, not from the one core it is pinned to. ``collect``:
+    a folder and the fraction of requests to collect there (no images saved)."""
+    options = [["--model-uri", str(folder)], ["--model-name", MODEL_NAME], ["--http-port", str(port)], ["--enable_grpc", "false"],
+               ["--batching" if batching else "--no-batching"], ["--max-batch-size", str(args.max_batch_size)],
+               ["--max-batch-wait-ms", str(args.max_batch_wait_ms)], ["--max-instances", str(args.max_batch_size)],
+               ["--torch-threads", str(args.torch_threads)], ["--enable_latency_logging", "false"]]
+    if collect is not None:
+        options += [["--collect-uri", str(collect[0])], ["--collect-fraction", f"{collect[1]:g}"], ["--collect-images-fraction", "0"]]
+    return options
 
 
 def left_out(args: argparse.Namespace) -> list[str]:
@@ -232,9 +240,11 @@ def server_source(server_repo: Path) -> str:
     return f"{server_repo} at {commit}{'+changes' if dirty else ''}"
 
 
-def start_server(folder: Path, batching: bool, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, batching: bool, args: argparse.Namespace, log: Path,
+                 collect: tuple[Path, float] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    options = [word for option in server_options(folder, batching, args, port) if option[0] in args.server_flags for word in option]
+    options = [word for option in server_options(folder, batching, args, port, collect) if option[0] in args.server_flags
+               for word in option]
     command = [*taskset(args.placement.server), sys.executable, "-m", "serving", *options]
     with open(log, "wb") as output:
         proc = subprocess.Popen(command, cwd=args.server_repo, stdout=output, stderr=subprocess.STDOUT, env=server_env(args.server_repo))
@@ -398,14 +408,43 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
                     results[kind.name, batching, c] = run_load(proc, url, kind.path, scratch / f"{model.arch}-{i}.json", c, args)
         finally:
             stop_server(proc)
+    collected = collection_rows(folder, kinds, args, scratch) if args.collect else {}
     lines = [f"{model.title}: limit (in-process forward) batch 1: {limit_1:,.0f} img/s, batch {args.max_batch_size}: {limit_max:,.0f} img/s",
              "| request | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | served/limit(b1) | served/limit(max) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, batching, c), r in results.items():
         lines.append(f"| {name} | {'on' if batching else 'off'} | {c} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['cpu_ms']:.2f} | "
                      f"{r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
+    for (name, fraction), r in collected.items():
+        lines.append(f"| {name}, collect {fraction:g} | on | {args.concurrency[-1]} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                     f"{r['errors']} | {r['cpu_ms']:.2f} | {r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
     lines += [verdict(model, kind.name, results, args.concurrency[-1], limit_max) for kind in kinds]
+    lines += [collection_verdict(name, fraction, r, results[name, True, args.concurrency[-1]]) for (name, fraction), r in collected.items()]
     return lines
+
+
+def collection_rows(folder: Path, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
+    """Batching on, the highest concurrency, with the server collecting every request (1.0) and a tenth (0.1)
+    into a local store: what collection costs the request path (the records are written by a background thread)."""
+    results = {}
+    for fraction in COLLECT_FRACTIONS:
+        store = scratch / f"collected-{folder.name}-{fraction:g}"
+        proc, url = start_server(folder, True, args, scratch / f"{folder.name}-collect-{fraction:g}.log", (store, fraction))
+        try:
+            for i, kind in enumerate(kinds):
+                body = scratch / f"{folder.name}-{i}.json"
+                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args)
+        finally:
+            stop_server(proc)  # SIGTERM: the server writes what is still queued before it exits
+        if not any(store.rglob("*.jsonl")):
+            raise RuntimeError(f"expected collected records under {store}, found none: see the server log")
+    return results
+
+
+def collection_verdict(name: str, fraction: float, on: dict, off: dict) -> str:
+    """The monitoring issue's target: with collection, req/s and p99 within 10% of the same row without it."""
+    return (f"{name}, collect {fraction:g}: req/s {on['rps'] / off['rps']:.2f}x of collection off (target >= 0.90), "
+            f"p99 {on['p99'] / off['p99']:.2f}x (target <= 1.10), errors {on['errors']}")
 
 
 def verdict(model: Model, name: str, results: dict, c: int, limit_max: float) -> str:
@@ -438,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resnet", action="store_true", help="add the ResNet-18 rows without a CUDA device")
     parser.add_argument("--driver", choices=("wrk", "aiohttp"), help="load generator (default: wrk where it is installed, else aiohttp)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave the server and the load on whatever cores the OS picks")
+    parser.add_argument("--collect", action="store_true",
+                        help="add rows with request collection on (fractions 1.0 and 0.1; batching on, highest concurrency)")
     parser.add_argument("--server-repo", type=Path, default=REPO, help="run the server from this checkout of the repository (before/after)")
     args = parser.parse_args(argv)
     if args.mode == "drive":
