@@ -1,7 +1,7 @@
 """The command line: ``python -m pipelines compile|run|stop …``.
 
-    python -m pipelines compile --output pipeline.yaml
-    python -m pipelines run --local [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …] [-v]
+    python -m pipelines compile --output pipeline.yaml [--pipeline training|monitoring]
+    python -m pipelines run --local [--pipeline training|monitoring] [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …] [-v]
     python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]   (without --workdir: every server this checkout started)
     python -m pipelines data put (FOLDER | --sample) --to URI
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from components.errors import ProjectError
 from components.training.local import PROGRESS_TTY_ENV
+from pipelines import catalog
 from pipelines.data_cli import add_data_commands
 from pipelines.monitor_cli import add_monitor_command
-from pipelines.params import ParamError, parse_params, signature_from_component_inputs
+from pipelines.params import ParamError, parse_params
 from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
 
@@ -34,25 +35,17 @@ if TYPE_CHECKING:
 
 
 def pipeline_signature() -> dict[str, type]:
-    from pipelines.pipeline import training_pipeline  # lazy: --help never imports the pipeline
-
-    return signature_from_component_inputs(training_pipeline.component_spec.inputs or {})
+    """The training pipeline's parameters, name → type."""
+    return catalog.signature(catalog.TRAINING)
 
 
 def compile_pipeline(output: Path) -> Path:
-    """Write the pipeline package (YAML) that the Kubeflow UI uploads."""
-    from kfp import compiler
-
-    from pipelines.local_run import git_commit
-    from pipelines.pipeline import training_pipeline
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(output), pipeline_parameters={"code_version": git_commit()})
-    return output
+    """Write the training pipeline's package (YAML) that the Kubeflow UI uploads."""
+    return catalog.compile_to(catalog.TRAINING, output)
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    print(f"wrote {compile_pipeline(args.output)}")
+    print(f"wrote {catalog.compile_to(args.pipeline, args.output)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -61,6 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.local:
         raise SystemExit("error: only --local runs start here; use `python -m pipelines submit` for a Kubeflow cluster")
+    if args.pipeline == catalog.MONITORING:
+        return run_monitoring(args)
     overrides = parse_params(args.param, pipeline_signature())
     model_name = check_model_name(overrides)  # refused here, not by a step after training
     kserve_target({**pipeline_defaults(), **overrides})  # so are a bad deployment_mode and canary_percent
@@ -80,6 +75,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         reports = local_run.run_followed(run_root, folder, arguments, verbose=args.verbose)
     summary = local_run.summarize(store, args.workdir, arguments, model_name, local_run.pushed_version(run_root), reports)
     print(local_run.format_summary(summary, args.workdir))
+    return 0
+
+
+def run_monitoring(args: argparse.Namespace) -> int:
+    """``run --local --pipeline monitoring``: the drift report of what the local server collected (and a local
+    training run on drift, when allowed), supervised like a training run."""
+    from pipelines import local_run
+
+    arguments = local_run.monitoring_arguments(args.workdir, parse_params(args.param, catalog.signature(catalog.MONITORING)))
+    catalog.check_monitoring_params({**catalog.defaults(catalog.MONITORING), **arguments})
+    if not args.in_process:
+        return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
+    from pipelines.run_folder import new_run_folder
+
+    run_root = local_run.new_run_root(args.workdir)
+    folder = new_run_folder(args.workdir, run_root.name)
+    with local_run.stopping_descendants_on_sigterm():
+        reports = local_run.run_followed(run_root, folder, arguments, verbose=args.verbose, pipeline=catalog.load(catalog.MONITORING))
+    print(local_run.format_monitoring_summary(run_root, arguments, reports))
     return 0
 
 
@@ -124,7 +138,7 @@ def collection_options(params: Mapping[str, Any]) -> CollectionOptions:
 
 def run_argv(args: argparse.Namespace) -> list[str]:
     """The ``run`` command line that ``args`` came from (for the supervised child)."""
-    argv = ["run", "--local", "--workdir", str(args.workdir)]
+    argv = ["run", "--local", "--pipeline", args.pipeline, "--workdir", str(args.workdir)]
     if args.data_uri:
         argv += ["--data-uri", args.data_uri]
     if args.verbose:
@@ -135,12 +149,7 @@ def run_argv(args: argparse.Namespace) -> list[str]:
 
 
 def pipeline_defaults() -> dict[str, object]:
-    import inspect
-
-    from pipelines.pipeline import training_pipeline
-
-    params = inspect.signature(training_pipeline.pipeline_func).parameters.items()
-    return {name: p.default for name, p in params if p.default is not inspect.Parameter.empty}
+    return catalog.defaults(catalog.TRAINING)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -192,15 +201,23 @@ class RunHelp(argparse.Action):
         import shutil
 
         from pipelines.params import parameter_help
-        from pipelines.pipeline import training_pipeline
 
         set_by_run = {"data_uri": "--data-uri; default: the bundled sample", "store_uri": "default: WORKDIR/store",
-                      "local_state_dir": "default: WORKDIR/serving", "code_version": "set to the git commit"}
+                      "local_state_dir": "default: WORKDIR/serving", "code_version": "set to the git commit",
+                      "local_workdir": "--workdir", "retrain_target": "local"}
         width = shutil.get_terminal_size((100, 24)).columns
-        table = parameter_help(training_pipeline.component_spec.inputs or {}, width, set_by_run)
         parser.print_help()
-        print(f"\npipeline parameters (--param NAME=VALUE; shown with their defaults):\n{table}")
+        for name in catalog.PIPELINES:
+            table = parameter_help(catalog.load(name).component_spec.inputs or {}, width, set_by_run)
+            which = "" if name == catalog.TRAINING else f" of --pipeline {name}"
+            print(f"\npipeline parameters{which} (--param NAME=VALUE; shown with their defaults):\n{table}")
         parser.exit()
+
+
+def add_pipeline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", choices=catalog.PIPELINES, default=catalog.TRAINING,
+                        help="training (prepare, train, evaluate, push, deploy) or monitoring (drift report, "
+                        "and a training run on drift when allowed); default: %(default)s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compile", help="write the pipeline package for the Kubeflow UI")
     p.add_argument("--output", type=Path, required=True, help="path of the YAML package to write")
+    add_pipeline_option(p)
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("run", help="run the pipeline (--local: on this machine under kfp.local)", add_help=False)
     p.add_argument("-h", "--help", action=RunHelp)
     p.add_argument("--local", action="store_true", help="run under kfp.local with local processes")
+    add_pipeline_option(p)
     p.add_argument("--data-uri", help="raw data (default: the bundled digits sample, written under WORKDIR/data)")
     p.add_argument("--workdir", type=Path, default=Path(".work"), help="local store, KFP outputs and server state")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable; listed below)")
@@ -234,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_registry_commands(sub)
     add_monitor_command(sub)
-    add_remote_commands(sub, pipeline_signature, lambda path: compile_pipeline(Path(path)),
-                        check_params_fn=check_remote_params)
+    add_remote_commands(sub, catalog.signature, lambda name, path: catalog.compile_to(name, Path(path)),
+                        check_params_fn=catalog.check_params, pipelines=catalog.PIPELINES, companions=catalog.COMPANIONS)
     return parser
 
 

@@ -50,6 +50,7 @@ from serving.client import predict_v1
 
 DEFAULT_WORKDIR = Path(".work")
 PUSH_TASK = "push-model"  # the push step's task name in the pipeline
+DRIFT_TASK, RETRAIN_TASK = "drift-report", "start-training"  # the monitoring pipeline's task names
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_S = 30.0  # time for steps to clean up (a kserve deploy rolls back) before SIGKILL
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -73,6 +74,9 @@ def local_arguments(workdir: Path, data_uri: str | None, overrides: dict[str, An
         "data_uri": data_uri or write_sample(str(workdir / "data" / "digits")),
         "store_uri": str(workdir / "store"),
         "local_state_dir": str(workdir / "serving"),
+        # The local server records what it answers into the work dir's store, for `run --local --pipeline
+        # monitoring` (collect_fraction of requests; --param collect_uri= turns it off).
+        "collect_uri": str(workdir / "store"),
         "code_version": git_commit(),
     }
     return {**arguments, **overrides}
@@ -102,7 +106,8 @@ def check_before_run(params: Mapping[str, Any], store: Store, console: TextIO) -
     announce(console, "preflight", f"ok in {time.monotonic() - started:.1f}s: {found}")
 
 
-def run_followed(run_root: Path, folder: Path, arguments: dict[str, Any], verbose: bool = False) -> list[Path]:
+def run_followed(run_root: Path, folder: Path, arguments: dict[str, Any], verbose: bool = False,
+                 pipeline: Any = training_pipeline) -> list[Path]:
     """:func:`run_local` with one console line per step and each step's log under ``folder``; return the reports
     copied into ``folder`` (also after a failure). A failed step raises :class:`StepFailed`."""
     progress = RunProgress(folder / LOGS, sys.stdout, lambda task: key_figure(task, task_output(run_root, task) or {}), verbose)
@@ -110,22 +115,52 @@ def run_followed(run_root: Path, folder: Path, arguments: dict[str, Any], verbos
     announce(sys.stdout, "run", f"{run_root.name}: logs and reports in {shown_path(folder)}/{hint}")
     try:
         with following(progress):
-            run_local(run_root, arguments)
+            run_local(run_root, arguments, pipeline)
     except RuntimeError:  # kfp.local's "Pipeline … finished with status FAILURE"; the step's own reason is better
         if progress.failure is None:
             raise
         raise StepFailed(progress.failure) from None
     finally:
-        reports = collect_reports(run_root, folder, training_pipeline.pipeline_spec)
+        reports = collect_reports(run_root, folder, pipeline.pipeline_spec)
     return reports
 
 
-def run_local(run_root: Path, arguments: dict[str, Any]) -> None:
+def run_local(run_root: Path, arguments: dict[str, Any], pipeline: Any = training_pipeline) -> None:
     """Run the pipeline to completion with its outputs under ``run_root``; raises when a step fails."""
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root), raise_on_error=True)
-    training_pipeline(**arguments)
+    pipeline(**arguments)
+
+
+def monitoring_arguments(workdir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The monitoring pipeline's arguments for a local run: the work dir's store (where a local run's server
+    collects), and a training run on drift as ``run --local`` in the same work dir."""
+    workdir = workdir.resolve()
+    arguments = {"store_uri": str(workdir / "store"), "retrain_target": "local", "local_workdir": str(workdir),
+                 "code_version": git_commit()}
+    return {**arguments, **overrides}
+
+
+def format_monitoring_summary(run_root: Path, arguments: Mapping[str, Any], reports: Sequence[Path]) -> str:
+    """The verdict of the run's drift report, what was done about it, and where the reports are."""
+    verdict = (task_output(run_root, DRIFT_TASK) or {}).get("parameterValues", {}).get("Output", "?")
+    retrained = (task_output(run_root, RETRAIN_TASK) or {}).get("parameterValues", {}).get("Output")
+    if retrained and retrained.startswith("local v"):
+        version = int(retrained.removeprefix("local v"))
+        verdict_of = Registry(open_store(arguments["store_uri"]), arguments.get("model_name", "digits")).manifest(version)["verdict"]
+        action = (f"the training pipeline ran here and registered v{version} ({verdict_of['decision']}: {verdict_of['reason']}); "
+                  f"its output is in the {RETRAIN_TASK} log")
+    elif retrained:
+        action = f"started training run {retrained}"
+    elif verdict == "drift":
+        action = "no training run (retrain_on_drift is false)"
+    else:
+        action = "no training run needed"
+    lines = ["", "=" * 72, f"drift report       {verdict} ({arguments.get('model_name', 'digits')}, since {arguments.get('since', '24h')})",
+             f"retraining         {action}"]
+    lines += [f"{'reports' if i == 0 else '':<19}{shown_path(path)}" for i, path in enumerate(reports)]
+    return "\n".join([*lines, "=" * 72])
 
 
 def pushed_version(run_root: Path) -> int:

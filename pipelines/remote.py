@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import kfp
 import kfp_server_api
 import urllib3
 import yaml
+
+# Not `kfp.Client`: inside a pipeline step (_KFP_RUNTIME=true) the kfp package does not import its client,
+# and the monitoring pipeline's training step submits runs with it.
+from kfp.client import Client
 
 from components.errors import ProjectError
 from pipelines.cron import normalize_cron
@@ -66,7 +69,7 @@ class RunTimeoutError(RemoteError):
     """A run did not end within the time the caller was prepared to wait."""
 
 
-class KfpClient(kfp.Client):
+class KfpClient(Client):
     """A ``kfp.Client`` bound to one endpoint and one explicitly given namespace.
 
     The stock client also reads a namespace from ``~/.config/kfp/context.json`` and, when it finds none, probes

@@ -25,9 +25,11 @@ from pipelines import remote
 from pipelines.cron import normalize_cron
 from pipelines.params import parse_params
 
-SignatureFn = Callable[[], Mapping[str, type]]
-CompileFn = Callable[[str], None]
-CheckFn = Callable[[Mapping[str, Any]], None]  # raises ProjectError for parameter values the pipeline would refuse
+SignatureFn = Callable[[str], Mapping[str, type]]  # pipeline name -> its parameters
+CompileFn = Callable[[str, str], None]  # pipeline name, path of the package to write
+CheckFn = Callable[[str, Mapping[str, Any]], None]  # raises ProjectError for parameter values the pipeline would refuse
+# pipeline name -> (companion pipeline, parameter for its name, parameter for its version): see _with_companion
+Companions = Mapping[str, tuple[str, str, str]]
 Handler = Callable[[argparse.Namespace], int]
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -44,18 +46,25 @@ def add_remote_commands(
     pipeline_signature_fn: SignatureFn,
     compile_fn: CompileFn,
     repo_dir: Path = REPO_DIR,
-    check_params_fn: CheckFn = lambda params: None,
+    check_params_fn: CheckFn = lambda pipeline, params: None,
+    pipelines: tuple[str, ...] = ("training",),
+    companions: Companions | None = None,
 ) -> None:
     """Add ``upload``, ``submit`` and ``schedule`` to the main parser's subparsers.
 
     Args:
         subparsers: The object returned by ``ArgumentParser.add_subparsers()``.
-        pipeline_signature_fn: Returns the pipeline's parameters, name → Python type; called only by the
+        pipeline_signature_fn: Returns a pipeline's parameters, name → Python type; called only by the
             commands that take ``--param``, so ``--help`` never imports the pipeline.
-        compile_fn: Writes the compiled pipeline package (YAML) to the path it is given (a ``str``).
+        compile_fn: Writes a pipeline's compiled package (YAML) to the path it is given (a ``str``).
         repo_dir: The git checkout whose commit names pipeline versions.
+        check_params_fn: Refuses a pipeline's parameter values that its steps would refuse.
+        pipelines: The names ``--pipeline`` takes; the first is the default.
+        companions: Pipelines whose runs start runs of another pipeline by version: that one is uploaded
+            at the same commit first and named in two of the run's parameters (unless they are given).
     """
-    connection, package, run = _connection_options(), _package_options(), _run_options()
+    companions = companions or {}
+    connection, package, run = _connection_options(), _package_options(pipelines), _run_options()
     upload = subparsers.add_parser(
         "upload", parents=[connection, package], help="upload the pipeline as a version named after the git commit",
         description="Create the pipeline in the namespace if absent, then upload the package as a version named "
@@ -78,7 +87,7 @@ def add_remote_commands(
     for parser, command in commands.values():
         handler = functools.partial(
             command, signature_fn=pipeline_signature_fn, compile_fn=compile_fn, repo_dir=repo_dir,
-            check_fn=check_params_fn,
+            check_fn=check_params_fn, companions=companions,
         )
         parser.set_defaults(func=_guarded(handler))
 
@@ -99,9 +108,11 @@ def _connection_options() -> argparse.ArgumentParser:
     return parser
 
 
-def _package_options() -> argparse.ArgumentParser:
+def _package_options(pipelines: tuple[str, ...]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("pipeline package")
+    group.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
+                       help="which of the project's pipelines (default: %(default)s)")
     group.add_argument("--package", type=Path, help="compiled package to use (default: compile the pipeline now)")
     group.add_argument("--pipeline-name", help="pipeline name in KFP (default: the name in the package)")
     group.add_argument(
@@ -198,14 +209,16 @@ def _upload_command(args: argparse.Namespace, compile_fn: CompileFn, repo_dir: P
 
 
 def _submit_command(
-    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn
+    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn,
+    companions: Companions,
 ) -> int:
-    params = parse_params(args.param, signature_fn())
-    check_fn(params)  # before anything is uploaded: a value the deploy step refuses would waste a training run
+    params = parse_params(args.param, signature_fn(args.pipeline))
+    check_fn(args.pipeline, params)  # before anything is uploaded: a value the deploy step refuses would waste a training run
     with tempfile.TemporaryDirectory(prefix="pipelines-submit-") as workdir:
         package = _package(args, compile_fn, Path(workdir))
         version_name = args.version_name or remote.git_version_name(repo_dir, package.sha256)
         client = _connect(args)
+        params = _with_companion(args, params, client, compile_fn, repo_dir, companions, Path(workdir))
         pipeline_name = args.pipeline_name or package.pipeline_name
         version = _upload(client, package, pipeline_name, version_name)
     run_name = args.run_name or f"{pipeline_name} {version_name} {_utc_now()}"
@@ -227,17 +240,19 @@ def _wait(client: remote.KfpClient, run_id: str, args: argparse.Namespace) -> in
 
 
 def _schedule_command(
-    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn
+    args: argparse.Namespace, signature_fn: SignatureFn, compile_fn: CompileFn, repo_dir: Path, check_fn: CheckFn,
+    companions: Companions,
 ) -> int:
     cron = normalize_cron(args.cron, convert_five_fields=args.convert_cron)
     if cron != " ".join(args.cron.split()):
         print(f"Converted the five-field cron {args.cron!r} to {cron!r} (KFP reads seconds first)")
-    params = parse_params(args.param, signature_fn())
-    check_fn(params)
+    params = parse_params(args.param, signature_fn(args.pipeline))
+    check_fn(args.pipeline, params)
     with tempfile.TemporaryDirectory(prefix="pipelines-schedule-") as workdir:
         package = _package(args, compile_fn, Path(workdir))
         version_name = args.version_name or remote.git_version_name(repo_dir, package.sha256)
         client = _connect(args)
+        params = _with_companion(args, params, client, compile_fn, repo_dir, companions, Path(workdir))
         version = _upload(client, package, args.pipeline_name or package.pipeline_name, version_name)
     result = remote.schedule(
         client, args.name, cron, args.experiment, version.pipeline_id, version.version_id, params,
@@ -256,8 +271,27 @@ def _package(args: argparse.Namespace, compile_fn: CompileFn, workdir: Path) -> 
     if args.package is not None:
         return remote.read_package(args.package)
     path = workdir / "pipeline.yaml"
-    compile_fn(str(path))
+    compile_fn(args.pipeline, str(path))
     return remote.read_package(path)
+
+
+def _with_companion(
+    args: argparse.Namespace, params: dict[str, Any], client: remote.KfpClient, compile_fn: CompileFn, repo_dir: Path,
+    companions: Companions, workdir: Path,
+) -> dict[str, Any]:
+    """For a pipeline that starts runs of another one (monitoring → training): upload that one at this commit
+    and name it in the run's parameters, so the runs it starts run the same code. Given names win."""
+    if args.pipeline not in companions:
+        return params
+    companion, name_param, version_param = companions[args.pipeline]
+    if params.get(version_param):
+        return params
+    path = workdir / f"{companion}.yaml"
+    compile_fn(companion, str(path))
+    package = remote.read_package(path)
+    pipeline_name = params.get(name_param) or package.pipeline_name
+    version = _upload(client, package, pipeline_name, remote.git_version_name(repo_dir, package.sha256))
+    return {**params, name_param: pipeline_name, version_param: version.version_name}
 
 
 def _connect(args: argparse.Namespace) -> remote.KfpClient:

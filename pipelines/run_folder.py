@@ -29,7 +29,8 @@ EXTENSIONS = {"system.HTML": ".html", "system.Markdown": ".md"}  # KFP artifact 
 # (task, output) -> file name, in the order the summary lists them: the pages under the names they link to
 # each other by, the Markdown reports under names that say what they are. Others: <step>-<output>.<extension>.
 REPORT_NAMES = {("train-model", "report"): TRAINING_PAGE, ("evaluate-model", "report_html"): EVALUATION_PAGE,
-                ("evaluate-model", "report"): "evaluation.md", ("prepare-data", "report"): "data.md"}
+                ("evaluate-model", "report"): "evaluation.md", ("prepare-data", "report"): "data.md",
+                ("drift-report", "report_html"): "drift.html", ("drift-report", "report"): "drift.md"}
 
 
 def new_run_folder(workdir: Path, run_id: str) -> Path:

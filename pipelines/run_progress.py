@@ -305,7 +305,19 @@ def _deployed(output: dict[str, Any]) -> str:
     return f"serving at {url}" if url else ""
 
 
+def _drift(output: dict[str, Any]) -> str:
+    verdict, records = output.get("parameterValues", {}).get("Output"), _metadata(output, "metrics").get("records")
+    return f"{verdict} ({records:.0f} records)" if verdict and records is not None else verdict or ""
+
+
+def _retrained(output: dict[str, Any]) -> str:
+    run = output.get("parameterValues", {}).get("Output")
+    if run and run.startswith("local v"):
+        return f"the local training run registered version {run.removeprefix('local v')}"
+    return f"started run {run}" if run else ""
+
+
 _FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "prepare-data": _prepared, "train-model": _trained, "evaluate-model": _evaluated, "push-model": _pushed,
-    "deploy-model": _deployed,
+    "deploy-model": _deployed, "drift-report": _drift, "start-training": _retrained,
 }

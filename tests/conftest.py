@@ -24,6 +24,7 @@ from components.modelfile import MANIFEST_FILE, METRICS_FILE, ModelCard, build_m
 from components.nets import build_model
 from tests.azurite import azurite, store_uri  # noqa: F401  (the storage fixtures; pytest finds fixtures by name)
 from tests.helpers import prepare_at
+from tests.monitoring_data import held_out, pushed  # noqa: F401  (the monitoring fixtures, found by name)
 
 
 @pytest.fixture(scope="session")

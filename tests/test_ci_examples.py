@@ -45,7 +45,7 @@ def parser() -> tuple[argparse.ArgumentParser, set[str]]:
     """The remote commands plus a stand-in `compile` with its DESIGN.md contract; and the registered names."""
     main = argparse.ArgumentParser(prog="pipelines", exit_on_error=False)
     subparsers = main.add_subparsers(dest="command", required=True)
-    add_remote_commands(subparsers, lambda: {}, lambda path: None)
+    add_remote_commands(subparsers, lambda pipeline: {}, lambda pipeline, path: None)
     subparsers.add_parser("compile").add_argument("--output", required=True)
     return main, set(subparsers.choices)
 

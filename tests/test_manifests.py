@@ -40,6 +40,10 @@ ALLOWED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"get", "list", "watch"},
+    # the monitoring pipeline's retrain step, through the Kubeflow Pipelines API (its SubjectAccessReview)
+    ("pipelines.kubeflow.org", "experiments"): {"get", "list"},
+    ("pipelines.kubeflow.org", "pipelines"): {"get", "list"},
+    ("pipelines.kubeflow.org", "runs"): {"create", "get"},
 }
 
 

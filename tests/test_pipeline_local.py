@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.data.prepare import first_examples, read_info
 from components.deploy.local import read_state, stop
 from components.registry import Registry
 from components.store import open_store
@@ -71,7 +72,7 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
     port = str(free_port())
     try:
         first = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=4", "--param", f"serving_port={port}",
-                        "--param", "accuracy_threshold=0.8")
+                        "--param", "accuracy_threshold=0.8", "--param", "collect_fraction=1.0")
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "REST prediction    class" in first.stdout and f"http://127.0.0.1:{port}" in first.stdout
         assert_followable(first.stdout, tmp_path, epochs=4, port=port)
@@ -94,6 +95,22 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         digest = registry.production().record["manifest_sha256"]
         assert json.loads((tmp_path / "serving" / "serving.json").read_text())["model_uri"].endswith(f"/versions/1#manifest-sha256={digest}")
         assert "registry version   digits v2 (rejected" in second.stdout  # its own version, not another run's
+
+        # The server collected what it answered into the work dir's store: inverted digits read as drift, and
+        # the monitoring pipeline runs the training pipeline again (run --local), which registers version 3.
+        store = open_store(str(tmp_path / "store"))
+        info = read_info(store, manifest["lineage"]["dataset_prefix"])
+        pixels, _ = first_examples(store, info, "test", 200)
+        for start in range(0, len(pixels), 16):
+            predict_v1(endpoint.url, "digits", (255 - pixels[start:start + 16]).astype(np.float32))
+        monitored = run_cli("run", "--local", "--pipeline", "monitoring", "--workdir", str(tmp_path), "--param", "since=1h",
+                            "--param", "retrain_on_drift=true", "--param",
+                            json.dumps({"epochs": 1, "serving_port": int(port)}).join(["retrain_params=", ""]))
+        assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
+        assert re.search(r"^drift-report +done in \S+: drift \(\d+ records\)$", monitored.stdout, re.M), monitored.stdout
+        assert "start-training  done in" in monitored.stdout and registry.versions() == [1, 2, 3]
+        assert re.search(r"^retraining +the training pipeline ran here and registered v3 \(", monitored.stdout, re.M)
+        assert registry.manifest(3)["lineage"]["run_id"]
     finally:
         stop(tmp_path / "serving")
 

@@ -67,13 +67,13 @@ class Cli:
         self.fake, self.package, self.token_file, self.capsys = fake, package, token_file, capsys
         self.compiled: list[str] = []
 
-    def compile(self, path: str) -> None:
+    def compile(self, pipeline: str, path: str) -> None:
         self.compiled.append(path)
         shutil.copy(self.package, path)
 
     def __call__(self, *argv: str, connection: bool = True) -> tuple[int, str, str]:
         parser = argparse.ArgumentParser(prog="pipelines")
-        add_remote_commands(parser.add_subparsers(dest="command", required=True), lambda: SIGNATURE, self.compile)
+        add_remote_commands(parser.add_subparsers(dest="command", required=True), lambda pipeline: SIGNATURE, self.compile)
         options = ["--host", self.fake.url, "--namespace", NAMESPACE, "--token-file", str(self.token_file)]
         args = parser.parse_args([argv[0], *(options if connection else []), *argv[1:]])
         code = args.func(args)

@@ -1,4 +1,4 @@
-"""KFP component: drift_report (not in a pipeline yet; the monitoring pipeline will call it)."""
+"""KFP components of the monitoring pipeline: the drift report, and a training run started when it finds drift."""
 
 from kfp.dsl import HTML, Markdown, Metrics, Output
 
@@ -42,3 +42,28 @@ def drift_report(store_uri: str, collect_uri: str, model_name: str, since: str, 
         f.write(html_report(result))
     print(headline(result))
     return result.verdict
+
+
+@project_component
+def start_training(target: str, retrain_params: dict, store_uri: str, model_name: str, training_pipeline: str,
+                   training_version: str, experiment: str, kfp_endpoint: str, local_workdir: str) -> str:
+    """Start a training run of the model because its inputs drifted; returns the KFP run id (local: "local vN",
+    the version the run registered).
+
+    Args:
+        target: kfp (a run of the uploaded training pipeline, started with the pod's Pipelines token) or
+            local (python -m pipelines run --local in local_workdir).
+        retrain_params: The training run's pipeline arguments (store_uri and model_name are this run's).
+        store_uri: The registry being watched; the training run registers into it.
+        model_name: The model whose inputs drifted.
+        training_pipeline: Name of the uploaded training pipeline (target kfp).
+        training_version: Its version to run (target kfp).
+        experiment: Experiment of the training run (target kfp).
+        kfp_endpoint: The Pipelines API ("" for the in-cluster address).
+        local_workdir: Work dir of the local run (target local).
+    """
+    from pipelines.retrain import start_training_in_child
+
+    return start_training_in_child(target=target, retrain_params=retrain_params, store_uri=store_uri, model_name=model_name,
+                                   training_pipeline=training_pipeline, training_version=training_version,
+                                   experiment=experiment, kfp_endpoint=kfp_endpoint, local_workdir=local_workdir)
