@@ -10,7 +10,7 @@ REGISTRY ?= kfpps.azurecr.io
 IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop test test-fast lint compile images lock clean
+.PHONY: help setup run monitor stop test test-fast lint compile images lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ $(NODE_STAMP): package.json package-lock.json
 run: setup ## run the whole pipeline locally (kfp.local), deploy it, print a REST prediction
 	$(PY) -m pipelines run --local --workdir $(WORKDIR)
 
+monitor: setup ## the drift report of what `make run`'s server collected in the last 24 h (monitoring pipeline)
+	$(PY) -m pipelines run --local --pipeline monitoring --workdir $(WORKDIR)
+
 stop: ## stop every local model server this checkout started (`make run`, any --workdir)
 	@if [ -x $(PY) ]; then $(PY) -m pipelines stop; else echo "nothing to stop"; fi
 
@@ -46,8 +49,9 @@ test-fast: setup ## the suite without the slow tests (training processes, whole 
 lint: setup ## static checks (ruff)
 	$(VENV)/bin/ruff check components pipelines serving tests benchmarks
 
-compile: setup ## write the pipeline package for the Kubeflow UI to build/pipeline.yaml
+compile: setup ## write both pipeline packages for the Kubeflow UI to build/ (pipeline.yaml, monitoring.yaml)
 	$(PY) -m pipelines compile --output build/pipeline.yaml
+	$(PY) -m pipelines compile --pipeline monitoring --output build/monitoring.yaml
 
 IMAGE ?= $(REGISTRY)/kfp-ps-classifier:$(IMAGE_TAG)
 
