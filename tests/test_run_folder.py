@@ -11,6 +11,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Markdown, Output
 
 from components.training.report import EVALUATION_PAGE, TRAINING_PAGE
+from pipelines.monitoring_pipeline import monitoring_pipeline
 from pipelines.pipeline import training_pipeline
 from pipelines.run_folder import LATEST, REPORT_NAMES, collect_reports, new_run_folder, report_outputs
 
@@ -38,7 +39,9 @@ def test_each_run_gets_a_folder_and_latest_points_at_the_newest(tmp_path: Path) 
 def test_the_pipelines_reports_are_found_by_their_declared_types() -> None:
     found = set(report_outputs(training_pipeline.pipeline_spec))
     assert found >= {("prepare-data", "report", ".md"), ("train-model", "report", ".html"), ("evaluate-model", "report", ".md")}
-    # Every name given to a report is given to an output the pipeline has, with the extension of its type.
+    found |= set(report_outputs(monitoring_pipeline.pipeline_spec))
+    assert {("drift-report", "report", ".md"), ("drift-report", "report_html", ".html")} <= found
+    # Every name given to a report is given to an output one of the pipelines has, with the extension of its type.
     assert {(task, output, Path(name).suffix) for (task, output), name in REPORT_NAMES.items()} <= found
 
 
