@@ -349,6 +349,13 @@ class Registry:
             records.append(pointer)  # its writer died before recording it; the next change records it
         return records
 
+    def served_windows(self) -> list[tuple[int | None, str, str | None]]:
+        """Which version was in production when: ``(version, from, until)`` per pointer move, oldest first, with
+        ISO times from the history (``until`` None: still in production). The drift report's audit trail."""
+        moves = sorted(self.history(), key=lambda r: r.get("change_id", ""))  # change ids sort by microsecond
+        ends = [m.get("at") for m in moves[1:]] + [None]
+        return [(m.get("version"), m.get("at", ""), end) for m, end in zip(moves, ends)]
+
     def _move_pointer(self, version: int, action: str, actor: str, expected: Pointer | None, reason: str,
                       manifest_sha256: str | None, override: Override) -> Pointer:
         digest, manifest = self._verified(version)  # only complete versions whose every file matches its hash

@@ -179,7 +179,13 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_history(args: argparse.Namespace) -> None:
     registry = open_registry(args)
     records = registry.history()
-    print("\n".join(format_change(r) for r in records) if records else f"{registry.name} was never promoted")
+    if not records:
+        print(f"{registry.name} was never promoted")
+        return
+    print("\n".join(format_change(r) for r in records))
+    print("\nin production:")  # the windows each version served (collected records carry the version too)
+    for version, start, end in registry.served_windows():
+        print(f"  {'none' if version is None else f'v{version}':>5}  from {start}  until {end or 'now'}")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:

@@ -194,6 +194,9 @@ def test_rollback_walks_back_through_earlier_production_versions_until_none_is_l
         registry.rollback("oncall")
     last = registry.history()[-1]
     assert (last["action"], last["previous"], last["version"], last["by"]) == ("rollback", 2, 1, "oncall")
+    windows = registry.served_windows()  # who served when: each window ends where the next begins
+    assert [w[0] for w in windows] == [1, 2, 3, 2, 1] and windows[-1][2] is None
+    assert [w[2] for w in windows[:-1]] == [w[1] for w in windows[1:]]
 
 
 def test_a_promotion_whose_writer_died_before_recording_it_still_appears_in_history(store_uri: str, tmp_path: Path) -> None:

@@ -155,6 +155,8 @@ def test_promote_moves_the_pointer_and_records_who_and_why(pushed: str, capsys: 
     assert [(r["version"], r["by"], r["reason"], r["forced"]) for r in registry.history()] == [(1, "alice", "manual fix", False)]
     code, out, _ = run_cli(capsys, "history", "--store", pushed, "--model", MODEL)
     assert code == 0 and "promote   none -> 1  by alice  (manual fix)" in out
+    (at,) = [r["at"] for r in registry.history()]
+    assert out.splitlines()[-2:] == ["in production:", f"     v1  from {at}  until now"]
 
 
 def test_promoting_a_version_the_gate_rejected_needs_force_and_a_reason_and_is_recorded_as_forced(
