@@ -67,12 +67,11 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
 def check_monitoring_params(params: Mapping[str, Any]) -> None:
     """A bad window, threshold, retrain target or training argument: refused before the report runs."""
     from components.monitoring.drift import window
-    from components.registry import validate_model_name
-    from pipelines.cli import check_remote_params
+    from pipelines.cli import check_model_name, check_remote_params
     from pipelines.retrain import check_target, training_arguments
 
+    check_model_name(params)
     try:
-        validate_model_name(params["model_name"])
         window(params["since"] or None, params["until"] or None)
     except ValueError as exc:
         raise ParamError(f"monitoring pipeline parameters: {exc}") from None

@@ -145,9 +145,10 @@ def monitoring_arguments(workdir: Path, overrides: dict[str, Any]) -> dict[str, 
 def format_monitoring_summary(run_root: Path, arguments: Mapping[str, Any], reports: Sequence[Path]) -> str:
     """The verdict of the run's drift report, what was done about it, and where the reports are."""
     verdict = (task_output(run_root, DRIFT_TASK) or {}).get("parameterValues", {}).get("Output", "?")
+    from pipelines.retrain import local_version
+
     retrained = (task_output(run_root, RETRAIN_TASK) or {}).get("parameterValues", {}).get("Output")
-    if retrained and retrained.startswith("local v"):
-        version = int(retrained.removeprefix("local v"))
+    if (version := local_version(retrained)) is not None:
         verdict_of = Registry(open_store(arguments["store_uri"]), arguments.get("model_name", "digits")).manifest(version)["verdict"]
         action = (f"the training pipeline ran here and registered v{version} ({verdict_of['decision']}: {verdict_of['reason']}); "
                   f"its output is in the {RETRAIN_TASK} log")

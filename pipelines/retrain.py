@@ -39,6 +39,7 @@ IN_CLUSTER_ENDPOINT = "http://ml-pipeline-ui.kubeflow.svc.cluster.local"  # the 
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # set by the PodDefault, read by kfp.Client too
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 NAMESPACE_ENV = "POD_NAMESPACE"
+LOCAL_OUTCOME = "local v"  # what start_training returns after a local run: "local v3" (the version it registered)
 # Fixed by the monitoring run: the training run registers into the registry that is being watched.
 FROM_MONITORING = ("store_uri", "model_name")
 
@@ -70,10 +71,9 @@ def _typed(name: str, value: Any, kind: type) -> Any:
         return convert_value(name, value, kind)
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)  # a KFP dict parameter carries every number as a double (protobuf Struct)
-    fits = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not fits:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ParamError(f"retrain_params: training pipeline parameter {name!r} expects {kind.__name__}, got {value!r}")
     return value
 
@@ -154,7 +154,12 @@ def start_training(target: str, retrain_params: Mapping[str, Any], store_uri: st
         return submit_training(arguments, training_pipeline, training_version, experiment, kfp_endpoint)
     if not local_workdir:
         raise ParamError("expected local_workdir for retrain_target 'local' (run --local fills it in); got none")
-    return f"local v{run_training_locally(arguments, local_workdir)}"
+    return f"{LOCAL_OUTCOME}{run_training_locally(arguments, local_workdir)}"
+
+
+def local_version(outcome: str | None) -> int | None:
+    """The version a local training run registered, from :func:`start_training`'s outcome; None for a KFP run id."""
+    return int(outcome.removeprefix(LOCAL_OUTCOME)) if outcome and outcome.startswith(LOCAL_OUTCOME) else None
 
 
 RUNTIME_ENV = "_KFP_RUNTIME"

@@ -311,9 +311,11 @@ def _drift(output: dict[str, Any]) -> str:
 
 
 def _retrained(output: dict[str, Any]) -> str:
+    from pipelines.retrain import local_version
+
     run = output.get("parameterValues", {}).get("Output")
-    if run and run.startswith("local v"):
-        return f"the local training run registered version {run.removeprefix('local v')}"
+    if (version := local_version(run)) is not None:
+        return f"the local training run registered version {version}"
     return f"started run {run}" if run else ""
 
 
