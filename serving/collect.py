@@ -1,10 +1,10 @@
 """Inference data collection: what the predictor receives and answers, recorded to a store for monitoring.
 
 :meth:`Collector.offer` is called on the request path once the probabilities are known. It only samples
-and puts one item per image on a bounded :class:`queue.Queue` (microseconds, never blocks, never raises);
-when the queue is full (``queue_size`` records, or ``max_queued_bytes`` of pixels) the images are dropped
-and counted. A writer thread drains the queue in batches (``batch_records`` records, or whatever arrived
-within ``flush_interval_s``), computes the per-image statistics
+and appends one item per image to a bounded queue (microseconds, never blocks, never raises); when the
+queue is full (``queue_size`` records, or ``max_queued_bytes`` of pixels) the images are dropped and
+counted. A writer thread wakes every ``flush_interval_s``, or as soon as ``batch_records`` records wait,
+and drains the queue in batches of at most ``batch_records``: it computes the per-image statistics
 (:func:`components.monitoring.stats.image_stats`), and writes each batch as a new JSON-lines object,
 never rewritten::
 
@@ -24,13 +24,13 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import random
 import re
 import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,7 @@ DEFAULT_QUEUE_SIZE = 10_000  # records; each holds one preprocessed image until 
 DEFAULT_MAX_QUEUED_BYTES = 256 * 2**20
 DEFAULT_BATCH_RECORDS = 1_000
 DEFAULT_FLUSH_INTERVAL_S = 1.0
+WRITE_SLICE = 100  # records turned into JSON lines between two hand-overs of the GIL (about a millisecond)
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
 # In prometheus_client's default registry, which KServe serves on GET /metrics.
@@ -84,7 +85,9 @@ class CollectOptions:
             raise ValueError(f"expected a positive queue size, batch size and flush interval, got {self}")
 
 
-@dataclass(frozen=True)
+# Plain slotted records (not frozen): offer() builds them on the event loop for every sampled request, and a
+# frozen dataclass sets each field through object.__setattr__ (offer: 5.9 -> 4.6 us per request measured).
+@dataclass(slots=True)
 class _Request:
     """What the images of one sampled request share."""
 
@@ -95,7 +98,7 @@ class _Request:
     save_images: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Item:
     """One image on the queue: views into the request's arrays, turned into a record by the writer."""
 
@@ -104,9 +107,6 @@ class _Item:
     pixels: np.ndarray  # float32 [C, H, W], 0–255
     probs: np.ndarray  # float [K]
     sent: dict[str, Any] | None
-
-
-_STOP = object()  # put by close(): the writer drains the queue and exits
 
 
 def writer_id() -> str:
@@ -128,7 +128,11 @@ class Collector:
         self._queued_bytes = 0  # pixels offered and not yet written (or dropped), under _lock
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_size)
+        # A deque and a timed wake-up, not a queue.Queue: Queue.put wakes a waiting writer on every request,
+        # which then takes the GIL from the event loop once per request (measured: the largest collection cost
+        # under load). Here the request path wakes the writer once per batch_records records at most.
+        self._pending: deque[_Item] = deque()
+        self._wake = threading.Event()
         self._seq = 0
         self._root_ready = False
         self._closed = False
@@ -166,12 +170,13 @@ class Collector:
             if not self._reserve(item.pixels.nbytes):
                 self._count_dropped(len(pixels) - index)
                 return
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
+            if len(self._pending) >= self.options.queue_size:
                 self._release(item.pixels.nbytes)
                 self._count_dropped(len(pixels) - index)
                 return
+            self._pending.append(item)  # deque.append is atomic: no lock shared with the writer
+        if len(self._pending) >= self.options.batch_records and not self._wake.is_set():
+            self._wake.set()
 
     def _reserve(self, nbytes: int) -> bool:
         with self._lock:
@@ -191,46 +196,41 @@ class Collector:
         loses what is left, and the process can still exit: the thread is a daemon)."""
         if self._closed:
             return
-        self._closed = True
-        deadline = time.monotonic() + timeout_s
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)  # waits only while the queue is full and the writer drains it
-            markers = 1
-        except queue.Full:
-            markers = 0
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._closed = True  # read by the writer before its last drain, and by offer() from now on
+        self._wake.set()
+        self._thread.join(timeout_s)
         if self._thread.is_alive():
-            lost = max(0, self._queue.qsize() - markers)  # plus the batch the writer still holds, if its write never ends
+            # The store still holds one batch's write; what waits behind it is given up on now (and taken off the
+            # queue, so a store that wakes up later cannot write records already counted as lost).
+            lost = len(self._take(self.options.queue_size))
             self._count_dropped(lost)
             logger.warning("collection: the store did not take the last records within %.0f s; %d queued records are lost", timeout_s, lost)
+        else:
+            # An offer that passed its closed check as close() began can land after the writer's last drain.
+            self._count_dropped(len(self._take(self.options.queue_size)))
         logger.info("collection stopped: %d records written, %d dropped", self.written, self.dropped)
 
     # -- the writer thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = self._next_batch()
-            if batch:
+        while True:
+            self._wake.wait(self.options.flush_interval_s)
+            self._wake.clear()
+            stopping = self._closed  # read before draining: everything offered before close() is in this drain
+            while batch := self._take(self.options.batch_records):
                 self._write_batch(batch)
+            if stopping:
+                return
 
-    def _next_batch(self) -> tuple[list[_Item], bool]:
-        """Items for one object: up to ``batch_records``, or what arrived within ``flush_interval_s`` of the
-        first. Returns whether close() asked to stop (everything before its marker is in the batches)."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.options.flush_interval_s
-        while len(batch) < self.options.batch_records:
+    def _take(self, limit: int) -> list[_Item]:
+        """Up to ``limit`` items off the front of the queue (the writer's batch, or close()'s leftovers)."""
+        batch: list[_Item] = []
+        while len(batch) < limit:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+                batch.append(self._pending.popleft())
+            except IndexError:  # empty
                 break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)
-        return batch, False
+        return batch
 
     def _write_batch(self, batch: list[_Item]) -> None:
         try:
@@ -256,32 +256,48 @@ class Collector:
             self._root_ready = True
         self._seq += 1
         name = f"{self.writer}-{self._seq:06d}"
+        chunks = []
+        for start in range(0, len(items), WRITE_SLICE):
+            chunks.append(self._lines(partition, name, items[start:start + WRITE_SLICE]))
+            # This thread shares the GIL with the event loop: hand it over between slices, so a batch of a
+            # thousand records is many short holds, never one long one that every request waits behind.
+            time.sleep(0)
+        self.store.write_bytes(join_key(COLLECT_PREFIX, self.model, partition, f"{name}.jsonl"), b"".join(chunks))
+
+    def _lines(self, partition: str, name: str, items: list[_Item]) -> bytes:
+        """The JSON lines of ``items``: every number computed and rounded once per slice with numpy, so the
+        per-record Python work is one dict and one ``orjson.dumps`` (which writes numpy rows in C)."""
         stats = image_stats(np.stack([item.pixels for item in items]))
+        probs = np.stack([item.probs for item in items])
+        predicted = probs.argmax(axis=1)
+        confidence = _rounded(probs[np.arange(len(items)), predicted])
+        mean, std, hist = _rounded(stats.mean), _rounded(stats.std), _rounded(stats.hist)
         lines = []
         for n, item in enumerate(items):
             image_key = self._save_image(partition, name, item) if item.request.save_images else None
-            lines.append(orjson.dumps(self._record(item, stats.mean[n], stats.std[n], stats.hist[n], image_key)))
-        self.store.write_bytes(join_key(COLLECT_PREFIX, self.model, partition, f"{name}.jsonl"), b"\n".join(lines) + b"\n")
+            record = self._record(item, int(predicted[n]), float(confidence[n]), image_key)
+            record.update(mean=mean[n], std=std[n], hist=hist[n])
+            lines.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+        return b"\n".join(lines) + b"\n"
 
-    def _record(self, item: _Item, mean: np.ndarray, std: np.ndarray, hist: np.ndarray, image_key: str | None) -> dict[str, Any]:
-        """One image's record: exactly the fields of RECORD_FIELDS, the contract with the drift report."""
-        predicted = int(np.argmax(item.probs))
-        record = {
+    def _record(self, item: _Item, predicted: int, confidence: float, image_key: str | None) -> dict[str, Any]:
+        """One image's record: exactly the fields of RECORD_FIELDS, the contract with the drift report (the
+        statistics are added by the caller, whole rows at a time)."""
+        return {
             "time": item.request.time.isoformat(timespec="milliseconds"),
             "model": self.model,
             "version": item.request.version,
             "request_id": item.request.request_id,
             "index": item.index,
             "sent": item.sent,
-            "mean": _rounded(mean),
-            "std": _rounded(std),
-            "hist": _rounded(hist),
+            "mean": None,
+            "std": None,
+            "hist": None,
             "predicted": predicted,
             "label": item.request.labels[predicted],
-            "confidence": round(float(item.probs[predicted]), 6),
+            "confidence": confidence,
             "image": image_key,
         }
-        return record
 
     def _save_image(self, partition: str, name: str, item: _Item) -> str:
         # The request id is the client's (v2): made safe for a key, and made unique by this object's name.
@@ -316,9 +332,9 @@ def _by_partition(batch: list[_Item]) -> dict[str, list[_Item]]:
     return groups
 
 
-def _rounded(values: np.ndarray) -> list[float]:
+def _rounded(values: np.ndarray) -> np.ndarray:
     # Six decimals: far finer than any drift score needs, and half the bytes of a full float.
-    return [round(float(v), 6) for v in values]
+    return np.round(values.astype(np.float64), 6)
 
 
 def _one_line(exc: BaseException) -> str:
