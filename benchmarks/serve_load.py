@@ -1,12 +1,17 @@
-"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet] [--collect] [--driver {wrk,aiohttp}] [--no-pin] [--server-repo PATH]``.
+"""Load benchmark for the predictor: ``python benchmarks/serve_load.py [--seconds S] [--resnet] [--collect] [--driver {wrk,aiohttp}] [--no-pin] [--server-repo PATH] [--runtimes R…] [--processes N]``.
 
 Prints one table per model from one run:
 
-- the limit: the raw in-process forward throughput (images/s) at batch 1 and at the maximum batch, with
-  the same torch thread count the server uses;
-- for single-image requests at concurrency 1, 16 and 64, with dynamic batching on and off: the served
-  requests/s, p50 and p99 latency, errors, the server's CPU time per request (steadier than requests/s
-  on a shared machine), and served/limit ratios;
+- the limit per runtime (torch, and onnx where the version's ONNX export passed its parity check; the
+  benchmark exports it as push does): the raw in-process forward throughput (images/s) at batch 1 and at
+  the maximum batch, with the thread count one server process uses;
+- per runtime (``--runtime``) and for 1 and N server processes (``--workers``; N: the CPUs this benchmark may
+  use, ``--processes``), for single-image requests at concurrency 1, 16 and 64, batching on: the served
+  requests/s, p50 and p99 latency, errors, the server's CPU time per request summed over all its processes
+  (steadier than requests/s on a shared machine), and served/limit ratios (the limit times the number of
+  processes: each has a core); for the first runtime and one process, the same rows with batching off;
+- one line per target of the issue (CPU per request, served/limit, p99, errors, N processes against one,
+  onnx against torch at batch 1);
 - with ``--collect``: the same highest-concurrency rows, batching on, with the server collecting every request
   and a tenth of them (``--collect-uri``, a local folder), against collection off from the same run.
 
@@ -19,16 +24,18 @@ it can be the bottleneck). Rows: the small CNN (1x28x28; v1 pixel instances and 
 always; ResNet-18 at 224x224 (v2 BYTES tensors carrying a PNG) when a CUDA device is present, or with
 ``--resnet``. Errors are failed requests: non-2xx answers, connection errors and timeouts.
 
-With two or more CPUs the server runs on one core (``taskset``) and the load generator on another, so
-the two do not take turns on one core (``--no-pin`` turns it off); the in-process limit is measured on
-the server's core with the server's torch thread count. The header names the cores; the last line gives
-the machine's 1-minute load average at the start and the end: a run that started or ended above ~1 per
-core shared its cores with other work.
+With two or more CPUs one server process runs on one core (``taskset``) and the load generator on another,
+so the two do not take turns on one core (``--no-pin`` turns it off); the in-process limit is measured on
+the server's core with the server's thread count. N server processes get N cores, and the load generator
+shares them (on a 2-CPU machine there is no core left for it): the N-process rows pay for the load too, and
+the header says so. The header names the cores; the last line gives the machine's 1-minute load average at
+the start and the end: a run that started or ended above ~1 per core shared its cores with other work.
 
 Before/after: ``--server-repo PATH`` runs the server from another checkout of this repository (cwd and
 PYTHONPATH, the same interpreter), e.g. ``git worktree add /tmp/serve-before COMMIT``, then one command
 per version (``--server-repo /tmp/serve-before``, and without it). Both runs pass the server only the
-flags both versions accept (from the other checkout's ``--help``); the header lists any left out.
+flags both versions accept (from the other checkout's ``--help``); the header lists any left out (a server
+without ``--runtime`` gets torch rows only, one without ``--workers`` one-process rows only).
 On a machine shared with other work, numbers move from run to run: compare rows of one run, or runs
 whose load averages were alike; the server's CPU ms per request moves least.
 """
@@ -60,6 +67,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 16, 64)
 COLLECT_FRACTIONS = (1.0, 0.1)
+# Among the server flags: "this server runs several processes" (an older one accepts only --workers 1).
+MULTI_PROCESS = "(--workers N)"
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,19 @@ class Placement:
     load: tuple[int, ...] | None
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One server configuration: its runtime, its number of processes, batching on or off."""
+
+    runtime: str
+    processes: int
+    batching: bool = True
+
+    @property
+    def title(self) -> str:
+        return f"{self.runtime}, {self.processes} proc{'' if self.processes == 1 else 's'}, batching {'on' if self.batching else 'off'}"
+
+
 SMALL = Model("small_cnn 1x28x28", "small_cnn", 1, 28)
 RESNET = Model("resnet18 3x224x224", "resnet18", 3, 224)
 
@@ -97,7 +119,8 @@ RESNET = Model("resnet18 3x224x224", "resnet18", 3, 224)
 
 
 def make_version(folder: Path, model: Model) -> Path:
-    """A complete model version with seeded random weights (throughput does not depend on training)."""
+    """A complete model version with seeded random weights (throughput does not depend on training), exported
+    to ONNX and parity-checked as push does (on random images: there is no test split here)."""
     import torch
 
     from components.modelfile import MANIFEST_FILE, ModelCard, build_manifest, save_model
@@ -106,29 +129,50 @@ def make_version(folder: Path, model: Model) -> Path:
     card = ModelCard(model.arch, model.channels, model.size, model.size, [str(i) for i in range(10)],
                      [0.5] * model.channels, [0.25] * model.channels)
     torch.manual_seed(0)
-    save_model(folder, build_model(card.arch, card.in_channels, card.num_classes), card)
-    (folder / MANIFEST_FILE).write_text(json.dumps(build_manifest(folder, {"version": 1})))
+    net = build_model(card.arch, card.in_channels, card.num_classes)
+    save_model(folder, net, card)
+    (folder / MANIFEST_FILE).write_text(json.dumps(build_manifest(folder, {"version": 1, "onnx": export_record(net, card, folder)})))
     return folder
 
 
-def raw_throughput(folder: Path, batch_size: int, seconds: float, threads: int, cores: tuple[int, ...] | None) -> float:
-    """Images/s of the forward pass the server runs (predict_proba), in this process on the server's cores,
-    median pass time."""
+def export_record(net, card, folder: Path) -> dict:  # noqa: ANN001 - torch types, imported lazily
+    """The manifest's ``onnx`` record for ``net``: push's export and parity check, on 64 random images."""
+    try:
+        from components.export import export_onnx
+    except ImportError as exc:  # a checkout from before the ONNX runtime
+        return {"passed": False, "error": f"no exporter in this checkout ({exc})"}
+    rng = np.random.default_rng(2)
+    return export_onnx(net, card, folder, [rng.integers(0, 256, (64, *card.input_shape), dtype=np.uint8)])
+
+
+def runtimes_of(folder: Path, asked: list[str]) -> tuple[list[str], list[str]]:
+    """The runtimes to measure among ``asked``, and a line for each one skipped (onnx without a passing export)."""
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    record = manifest.get("onnx") or {}
+    if "onnx" in asked and record.get("passed") is not True:
+        return [r for r in asked if r != "onnx"], [f"onnx skipped: the version has no ONNX export that passed parity ({record.get('error')})"]
+    return list(asked), []
+
+
+def raw_throughput(folder: Path, runtime: str, batch_size: int, seconds: float, threads: int, cores: tuple[int, ...] | None) -> float:
+    """Images/s of the forward pass the server runs (``runtime``: torch or onnx), in this process on the
+    server's cores, median pass time."""
     import torch
 
     from components.modelfile import load_model
-    from components.predict import predict_proba
+    from components.runtimes import load_runtime
 
-    torch.set_num_threads(threads)
-    net, card = load_model(folder, "cuda" if torch.cuda.is_available() else "cpu")
-    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch_size, *card.input_shape)).astype(np.float32))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, card = load_model(folder, "cpu")
+    forward = load_runtime(folder, card, runtime, device, threads).forward
+    pixels = np.random.default_rng(0).integers(0, 256, (batch_size, *card.input_shape)).astype(np.float32)
     with pinned(cores):
         for _ in range(5):
-            predict_proba(net, pixels, card)
+            forward(pixels)
         times, start = [], time.perf_counter()
         while time.perf_counter() - start < seconds:
             t = time.perf_counter()
-            predict_proba(net, pixels, card)  # returns CPU tensors: includes the device round trip
+            forward(pixels)  # returns numpy on the CPU: includes the device round trip
             times.append(time.perf_counter() - t)
     return batch_size / float(np.median(times))
 
@@ -136,13 +180,17 @@ def raw_throughput(folder: Path, batch_size: int, seconds: float, threads: int, 
 # -- where things run ----------------------------------------------------------------------------------
 
 
-def placement(pin: bool) -> Placement:
-    """The server on the first core this process may use, the load on the second: sharing one core, each
-    would wait for the other's time slice, and the latency measured would be the scheduler's."""
+def placement(pin: bool, processes: int = 1) -> Placement:
+    """One server process on the first core this process may use, the load on the second: sharing one core,
+    each would wait for the other's time slice, and the latency measured would be the scheduler's. N server
+    processes on the first N cores, and the load generator on the same cores where there are no more."""
     cores = sorted(os.sched_getaffinity(0))
     if not pin or len(cores) < 2 or shutil.which("taskset") is None:
         return Placement(None, None)
-    return Placement((cores[0],), (cores[1],))
+    if processes == 1:
+        return Placement((cores[0],), (cores[1],))
+    server = tuple(cores[:processes])
+    return Placement(server, tuple(cores[processes:processes + 1]) or server)
 
 
 def taskset(cores: tuple[int, ...] | None) -> list[str]:
@@ -183,15 +231,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_options(folder: Path, batching: bool, args: argparse.Namespace, port: int,
+def server_options(folder: Path, setup: Setup, args: argparse.Namespace, port: int,
                    collect: tuple[Path, float] | None = None) -> list[list[str]]:
     """Every option the benchmark would pass, one flag and its values each. The thread count is explicit:
-    an older server sizes it from the machine's cores, not from the one core it is pinned to. ``collect``:
-    a folder and the fraction of requests to collect there (no images saved)."""
+    an older server sizes it from the machine's cores, not from the cores it is pinned to. ``collect``:
+    a folder and the fraction of requests to collect there (no images saved). Latency logging is left at
+    the server's default (off here; KServe's own default, on, in a checkout from before)."""
     options = [["--model-uri", str(folder)], ["--model-name", MODEL_NAME], ["--http-port", str(port)], ["--enable_grpc", "false"],
-               ["--batching" if batching else "--no-batching"], ["--max-batch-size", str(args.max_batch_size)],
+               ["--batching" if setup.batching else "--no-batching"], ["--max-batch-size", str(args.max_batch_size)],
                ["--max-batch-wait-ms", str(args.max_batch_wait_ms)], ["--max-instances", str(args.max_batch_size)],
-               ["--torch-threads", str(args.torch_threads)], ["--enable_latency_logging", "false"]]
+               ["--torch-threads", str(args.torch_threads)], ["--runtime", setup.runtime], ["--workers", str(setup.processes)]]
+    if MULTI_PROCESS not in args.server_flags:
+        options.pop()  # an older server: one process, and a --workers it may refuse
     if collect is not None:
         options += [["--collect-uri", str(collect[0])], ["--collect-fraction", f"{collect[1]:g}"], ["--collect-images-fraction", "0"]]
     return options
@@ -199,7 +250,7 @@ def server_options(folder: Path, batching: bool, args: argparse.Namespace, port:
 
 def left_out(args: argparse.Namespace) -> list[str]:
     """The benchmark's server flags that one of the two versions does not accept (passed to neither)."""
-    flags = {option[0] for batching in (True, False) for option in server_options(Path(), batching, args, 0)}
+    flags = {option[0] for batching in (True, False) for option in server_options(Path(), Setup("torch", 1, batching), args, 0)}
     return sorted(flags - args.server_flags)
 
 
@@ -212,14 +263,14 @@ def server_flags(server_repo: Path) -> set[str]:
     passes both servers the same command line."""
     from serving.__main__ import build_parser
 
-    flags = help_flags(build_parser().format_help())
+    flags = help_flags(build_parser().format_help()) | {MULTI_PROCESS}
     if server_repo == REPO:
         return flags
     run = subprocess.run([sys.executable, "-m", "serving", "--help"], cwd=server_repo, env=server_env(server_repo),
                          capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
         sys.exit(f"python -m serving --help failed in {server_repo}:\n{run.stderr[-3000:]}")
-    return flags & help_flags(run.stdout)
+    return flags & (help_flags(run.stdout) | ({MULTI_PROCESS} if "--workers auto|N" in run.stdout else set()))
 
 
 def server_env(server_repo: Path) -> dict[str, str]:
@@ -240,12 +291,12 @@ def server_source(server_repo: Path) -> str:
     return f"{server_repo} at {commit}{'+changes' if dirty else ''}"
 
 
-def start_server(folder: Path, batching: bool, args: argparse.Namespace, log: Path,
+def start_server(folder: Path, setup: Setup, args: argparse.Namespace, log: Path,
                  collect: tuple[Path, float] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    options = [word for option in server_options(folder, batching, args, port, collect) if option[0] in args.server_flags
+    options = [word for option in server_options(folder, setup, args, port, collect) if option[0] in args.server_flags
                for word in option]
-    command = [*taskset(args.placement.server), sys.executable, "-m", "serving", *options]
+    command = [*taskset(placement(args.pin, setup.processes).server), sys.executable, "-m", "serving", *options]
     with open(log, "wb") as output:
         proc = subprocess.Popen(command, cwd=args.server_repo, stdout=output, stderr=subprocess.STDOUT, env=server_env(args.server_repo))
     url = f"http://127.0.0.1:{port}"
@@ -358,35 +409,43 @@ def wrk(url: str, script: Path, concurrency: int, seconds: float, cores: tuple[i
     return json.loads(next(line for line in reversed(run.stdout.splitlines()) if line.startswith("{")))
 
 
-def drive_wrk(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
+def drive_wrk(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace, cores: tuple[int, ...] | None) -> dict:
     """The warm-up is a wrk run of its own (wrk cannot leave its first seconds out of its statistics)."""
     script = body_file.with_suffix(".lua")
     script.write_text(WRK_SCRIPT.replace("@BODY@", str(body_file)))
-    warm = wrk(f"{url}{path}", script, concurrency, args.warmup, args.placement.load) if args.warmup > 0 else {"requests": 0}
-    r = wrk(f"{url}{path}", script, concurrency, args.seconds, args.placement.load)
+    warm = wrk(f"{url}{path}", script, concurrency, args.warmup, cores) if args.warmup > 0 else {"requests": 0}
+    r = wrk(f"{url}{path}", script, concurrency, args.seconds, cores)
     us_per_ms = 1000 if r["requests"] else float("nan")  # no answers: no percentiles (wrk says 0)
     return {"requests": r["requests"], "sent": warm["requests"] + r["requests"], "errors": r["non_2xx"] + r["socket_errors"],
             "rps": r["requests"] / (r["duration_us"] / 1e6), "p50": r["p50_us"] / us_per_ms, "p99": r["p99_us"] / us_per_ms}
 
 
-def drive_aiohttp(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
-    command = [*taskset(args.placement.load), sys.executable, __file__, "drive", "--url", url, "--path", path, "--body", str(body_file),
+def drive_aiohttp(url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace,
+                  cores: tuple[int, ...] | None) -> dict:
+    command = [*taskset(cores), sys.executable, __file__, "drive", "--url", url, "--path", path, "--body", str(body_file),
                "--concurrency", str(concurrency), "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=args.seconds + args.warmup + 120, check=True)
     return json.loads(run.stdout)
 
 
-def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict:
-    """One row's load, plus the server's CPU time per request (user + system, all its threads, warm-up
-    included): a machine shared with other work changes requests/s from run to run far more than it."""
+def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, concurrency: int, args: argparse.Namespace,
+             load_cores: tuple[int, ...] | None) -> dict:
+    """One row's load, plus the server's CPU time per request (user + system, all its processes and threads,
+    warm-up included): a machine shared with other work changes requests/s from run to run far more than it."""
     import psutil
 
-    before = psutil.Process(server.pid).cpu_times()
-    result = (drive_wrk if args.driver == "wrk" else drive_aiohttp)(url, path, body_file, concurrency, args)
-    after = psutil.Process(server.pid).cpu_times()
-    cpu_s = (after.user - before.user) + (after.system - before.system)
+    root = psutil.Process(server.pid)
+    processes = [root, *root.children(recursive=True)]
+    before = sum(cpu_seconds(p) for p in processes)
+    result = (drive_wrk if args.driver == "wrk" else drive_aiohttp)(url, path, body_file, concurrency, args, load_cores)
+    cpu_s = sum(cpu_seconds(p) for p in processes) - before
     result["cpu_ms"] = 1000 * cpu_s / result["sent"] if result["sent"] else float("nan")
     return result
+
+
+def cpu_seconds(process) -> float:  # noqa: ANN001 - a psutil.Process
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 # -- the table ------------------------------------------------------------------------------------------------
@@ -394,46 +453,72 @@ def run_load(server: subprocess.Popen, url: str, path: str, body_file: Path, con
 
 def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[str]:
     folder = make_version(scratch / model.arch, model)
-    limit_1 = raw_throughput(folder, 1, args.raw_seconds, args.torch_threads, args.placement.server)
-    limit_max = raw_throughput(folder, args.max_batch_size, args.raw_seconds, args.torch_threads, args.placement.server)
+    runtimes, skipped = runtimes_of(folder, [r for r in args.runtimes if r == "torch" or "--runtime" in args.server_flags])
+    one_core = placement(args.pin).server
+    limits = {r: (raw_throughput(folder, r, 1, args.raw_seconds, args.torch_threads, one_core),
+                  raw_throughput(folder, r, args.max_batch_size, args.raw_seconds, args.torch_threads, one_core)) for r in runtimes}
     kinds = requests_for(model)
     for i, kind in enumerate(kinds):
         (scratch / f"{model.arch}-{i}.json").write_bytes(kind.body)
     results = {}
-    for batching in (True, False):
-        proc, url = start_server(folder, batching, args, scratch / f"{model.arch}-{batching}.log")
-        try:
-            for i, kind in enumerate(kinds):
-                for c in args.concurrency:
-                    results[kind.name, batching, c] = run_load(proc, url, kind.path, scratch / f"{model.arch}-{i}.json", c, args)
-        finally:
-            stop_server(proc)
-    collected = collection_rows(folder, kinds, args, scratch) if args.collect else {}
-    lines = [f"{model.title}: limit (in-process forward) batch 1: {limit_1:,.0f} img/s, batch {args.max_batch_size}: {limit_max:,.0f} img/s",
-             "| request | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | served/limit(b1) | served/limit(max) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (name, batching, c), r in results.items():
-        lines.append(f"| {name} | {'on' if batching else 'off'} | {c} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['cpu_ms']:.2f} | "
-                     f"{r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
+    for setup in setups(runtimes, args):
+        results.update(serve_rows(folder, setup, kinds, args, scratch))
+    collected = collection_rows(folder, Setup(runtimes[0], 1), kinds, args, scratch) if args.collect else {}
+    lines = [*skipped, *(f"{model.title}, {r}: limit (in-process forward, one core) batch 1: {b1:,.0f} img/s, "
+                         f"batch {args.max_batch_size}: {bmax:,.0f} img/s" for r, (b1, bmax) in limits.items()),
+             "| request | runtime | processes | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+             "| served/limit(b1) | served/limit(max) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (name, setup, c), r in results.items():
+        lines.append(row(name, setup, c, r, limits[setup.runtime], setup.processes))
     for (name, fraction), r in collected.items():
-        lines.append(f"| {name}, collect {fraction:g} | on | {args.concurrency[-1]} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                     f"{r['errors']} | {r['cpu_ms']:.2f} | {r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
-    lines += [verdict(model, kind.name, results, args.concurrency[-1], limit_max) for kind in kinds]
-    lines += [collection_verdict(name, fraction, r, results[name, True, args.concurrency[-1]]) for (name, fraction), r in collected.items()]
+        lines.append(row(f"{name}, collect {fraction:g}", Setup(runtimes[0], 1), args.concurrency[-1], r, limits[runtimes[0]], 1))
+    lines += verdicts(model, kinds, results, limits, args)
+    lines += [collection_verdict(name, fraction, r, results[name, Setup(runtimes[0], 1), args.concurrency[-1]])
+              for (name, fraction), r in collected.items()]
     return lines
 
 
-def collection_rows(folder: Path, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
-    """Batching on, the highest concurrency, with the server collecting every request (1.0) and a tenth (0.1)
-    into a local store: what collection costs the request path (the records are written by a background thread)."""
+def setups(runtimes: list[str], args: argparse.Namespace) -> list[Setup]:
+    """Each runtime with 1 and N processes, batching on; the first runtime with one process, batching off."""
+    counts = [1, *([args.processes] if args.processes > 1 and MULTI_PROCESS in args.server_flags else [])]
+    return [*(Setup(r, n) for r in runtimes for n in counts), Setup(runtimes[0], 1, batching=False)]
+
+
+def serve_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
+    """Every request kind at every concurrency against one server started as ``setup`` says."""
     results = {}
+    load_cores = placement(args.pin, setup.processes).load
+    log = scratch / f"{folder.name}-{setup.runtime}-{setup.processes}-{setup.batching}.log"
+    proc, url = start_server(folder, setup, args, log)
+    try:
+        for i, kind in enumerate(kinds):
+            for c in args.concurrency:
+                results[kind.name, setup, c] = run_load(proc, url, kind.path, scratch / f"{folder.name}-{i}.json", c, args, load_cores)
+    finally:
+        stop_server(proc)
+    return results
+
+
+def row(name: str, setup: Setup, c: int, r: dict, limit: tuple[float, float], processes: int) -> str:
+    """One table row; served/limit against the one-core limit times the processes (each has a core)."""
+    limit_1, limit_max = (processes * x for x in limit)
+    return (f"| {name} | {setup.runtime} | {setup.processes} | {'on' if setup.batching else 'off'} | {c} | {r['rps']:,.0f} | "
+            f"{r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['cpu_ms']:.2f} | {r['rps'] / limit_1:.2f} | {r['rps'] / limit_max:.2f} |")
+
+
+def collection_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
+    """Batching on, one process, the highest concurrency, with the server collecting every request (1.0) and a
+    tenth (0.1) into a local store: what collection costs the request path (a background thread writes)."""
+    results = {}
+    load_cores = placement(args.pin).load
     for fraction in COLLECT_FRACTIONS:
         store = scratch / f"collected-{folder.name}-{fraction:g}"
-        proc, url = start_server(folder, True, args, scratch / f"{folder.name}-collect-{fraction:g}.log", (store, fraction))
+        proc, url = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", (store, fraction))
         try:
             for i, kind in enumerate(kinds):
                 body = scratch / f"{folder.name}-{i}.json"
-                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args)
+                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, load_cores)
         finally:
             stop_server(proc)  # SIGTERM: the server writes what is still queued before it exits
         if not any(store.rglob("*.jsonl")):
@@ -447,15 +532,32 @@ def collection_verdict(name: str, fraction: float, on: dict, off: dict) -> str:
             f"p99 {on['p99'] / off['p99']:.2f}x (target <= 1.10), errors {on['errors']}")
 
 
-def verdict(model: Model, name: str, results: dict, c: int, limit_max: float) -> str:
-    """The issue's targets: the small CNN on CPU (speed-up, p99, errors); ResNet-18 on a GPU (served/limit)."""
-    on, off = results[name, True, c], results[name, False, c]
-    speedup = on["rps"] / off["rps"] if off["rps"] else float("inf")
-    served = on["rps"] / limit_max
-    if model.arch != SMALL.arch:
-        return f"{name}, concurrency {c}: served/limit(max) on = {served:.2f} (target >= 0.70 on a GPU), errors on/off = {on['errors']}/{off['errors']}"
-    return (f"{name}, concurrency {c}: batching on/off = {speedup:.2f}x (target >= 2x), p99 on = {on['p99']:.1f} ms (target < 100 ms), "
-            f"errors on/off = {on['errors']}/{off['errors']} (target 0), served/limit(max) on = {served:.2f}")
+def verdicts(model: Model, kinds: list[Request], results: dict, limits: dict, args: argparse.Namespace) -> list[str]:
+    """The issue's targets at the highest concurrency: per runtime and request kind for one process (CPU per
+    request, served/limit, p99, errors), N processes against one, onnx against torch at batch 1."""
+    c, lines = args.concurrency[-1], []
+    runtimes = list(limits)
+    for runtime in runtimes:
+        for kind in kinds:
+            one = results[kind.name, Setup(runtime, 1), c]
+            served = one["rps"] / limits[runtime][1]
+            if model.arch != SMALL.arch:
+                lines.append(f"{kind.name}, {runtime}, concurrency {c}: served/limit(max) = {served:.2f} (target >= 0.70 on a GPU), "
+                             f"errors {one['errors']}")
+                continue
+            lines.append(f"{kind.name}, {runtime}, 1 process, concurrency {c}: server CPU {one['cpu_ms']:.2f} ms/req (target <= 0.45), "
+                         f"served/limit(max) {served:.2f} (target >= 0.6), p99 {one['p99']:.1f} ms (target < 100), errors {one['errors']} (target 0)")
+            many = results.get((kind.name, Setup(runtime, args.processes), c))
+            if many is not None:
+                lines.append(f"{kind.name}, {runtime}, {args.processes} processes on {args.processes} cores (the load generator on them too): "
+                             f"{many['rps'] / one['rps']:.2f}x the req/s of 1 (target >= 1.7), p99 {many['p99']:.1f} ms, errors {many['errors']}")
+    off = {kind.name: results[kind.name, Setup(runtimes[0], 1, batching=False), c] for kind in kinds}
+    lines += [f"{name}, {runtimes[0]}, 1 process, concurrency {c}: batching on/off = "
+              f"{results[name, Setup(runtimes[0], 1), c]['rps'] / r['rps']:.2f}x (target >= 2x), errors off {r['errors']}" for name, r in off.items()]
+    if "onnx" in limits and "torch" in limits:
+        lines.append(f"forward at batch 1: onnx {limits['onnx'][0] / limits['torch'][0]:.2f}x torch (target >= 1.5); "
+                     f"at batch {args.max_batch_size}: {limits['onnx'][1] / limits['torch'][1]:.2f}x")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -480,6 +582,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--collect", action="store_true",
                         help="add rows with request collection on (fractions 1.0 and 0.1; batching on, highest concurrency)")
     parser.add_argument("--server-repo", type=Path, default=REPO, help="run the server from this checkout of the repository (before/after)")
+    parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"], help="runtimes to measure")
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
+                        help="server processes of the multi-process rows (default: the CPUs this benchmark may use; 1: none)")
     args = parser.parse_args(argv)
     if args.mode == "drive":
         print(json.dumps(asyncio.run(drive(args.url, args.body.read_bytes(), args.concurrency, args.seconds, args.warmup, args.path))))
@@ -518,12 +623,16 @@ def run_benchmark(args: argparse.Namespace) -> None:
     gpu = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, torch threads {args.torch_threads})"
     models = [SMALL, *([RESNET] if gpu or args.resnet else [])]
+    many = placement(args.pin, args.processes)
     lines = [f"serve_load: {device}; server: {server_source(args.server_repo)}, --max-batch-size {args.max_batch_size} "
-             f"--max-batch-wait-ms {args.max_batch_wait_ms:g} --torch-threads {args.torch_threads} --enable_latency_logging false; "
-             f"single-image requests, closed loop, {args.seconds:g} s per row after {args.warmup:g} s warm-up, "
+             f"--max-batch-wait-ms {args.max_batch_wait_ms:g} --torch-threads {args.torch_threads} (per process), other settings "
+             f"the server's defaults; single-image requests, closed loop, {args.seconds:g} s per row after {args.warmup:g} s warm-up, "
              f"load from a separate process ({args.driver})",
-             f"cores: server {cores_text(args.placement.server)}, load generator {cores_text(args.placement.load)}"
-             f"{'' if args.placement.server else ' (--no-pin, one CPU or no taskset)'}; 1-minute load average at start {load_at_start:.2f}"]
+             f"cores: 1 server process on {cores_text(args.placement.server)}, load generator on {cores_text(args.placement.load)}"
+             f"{'' if args.placement.server else ' (--no-pin, one CPU or no taskset)'}; {args.processes} server processes on "
+             f"{cores_text(many.server)}, load generator on {cores_text(many.load)}"
+             f"{' (the same cores: it takes CPU from the server)' if many.server and many.load and set(many.load) <= set(many.server) else ''}; "
+             f"1-minute load average at start {load_at_start:.2f}"]
     if left_out(args):
         lines.append(f"server flags left out (one of the two versions does not accept them): {' '.join(left_out(args))}")
     started = time.monotonic()

@@ -5,6 +5,7 @@ A version is a folder holding
 - ``model.safetensors``: the weights (never pickle);
 - ``model.json``: a :class:`ModelCard` (architecture, input shape, normalization, class names);
 - ``metrics.json``: evaluation results;
+- ``model.onnx``: the network for onnxruntime, only when the export passed its parity check;
 - ``MANIFEST.json``: the SHA-256 of every other file plus metadata, written last.
 
 :func:`verify_manifest` is what the predictor runs before it reports ready.
@@ -30,6 +31,7 @@ from components.presets import FIT
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 METRICS_FILE = "metrics.json"
+ONNX_FILE = "model.onnx"  # only in a version whose export passed its parity check (components.export)
 MANIFEST_FILE = "MANIFEST.json"
 FORMAT_VERSION = 2  # 2 added ``preprocess``; version-1 cards (no field) were made with the same transform
 READABLE_VERSIONS = (1, 2)

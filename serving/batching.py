@@ -10,7 +10,9 @@ meanwhile), and every request gets its own rows. With batching off, each request
 on the same worker thread.
 
 Each forward pass's size goes to the Prometheus histogram ``inference_batch_size``, which KServe
-serves on ``/metrics`` next to its own request latencies.
+serves on ``/metrics`` next to its own request latencies; with several server processes
+(:mod:`serving.workers`), ``inference_worker_batches_total`` and ``inference_worker_images_total`` say
+how each process batches (label ``worker``, the process's index).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
+
+from serving.workers import worker_index
 
 Forward = Callable[[np.ndarray], np.ndarray]
 logger = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ BATCH_SIZE = Histogram(
     ["model_name"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+WORKER_BATCHES = Counter("inference_worker_batches", "Forward passes, per server process", ["model_name", "worker"])
+WORKER_IMAGES = Counter("inference_worker_images", "Images through forward passes, per server process", ["model_name", "worker"])
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,10 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._held: _Pending | None = None
         self._arriving = 0
+        # Bound once: a labels() lookup per forward pass is a dict and a lock for nothing.
+        self._sizes = BATCH_SIZE.labels(model_name)
+        self._worker_batches = WORKER_BATCHES.labels(model_name, worker_index())
+        self._worker_images = WORKER_IMAGES.labels(model_name, worker_index())
 
     @contextmanager
     def arriving(self) -> Iterator[None]:
@@ -102,7 +112,9 @@ class Batcher:
 
     async def _forward_off_loop(self, parts: list[np.ndarray]) -> np.ndarray:
         outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._concat_forward, parts)
-        BATCH_SIZE.labels(self.model_name).observe(len(outputs))
+        self._sizes.observe(len(outputs))
+        self._worker_batches.inc()
+        self._worker_images.inc(len(outputs))
         return outputs
 
     def _concat_forward(self, parts: list[np.ndarray]) -> np.ndarray:

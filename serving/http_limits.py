@@ -46,6 +46,11 @@ class HttpLimits:
             raise ValueError(f"expected positive HTTP limits, found {self}")
 
 
+def is_byte_count(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts digits such as "²" that ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def limited_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with ``limits`` (pass as ``uvicorn.Config(http=...)``)."""
     return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})

@@ -1,7 +1,9 @@
 """The KServe predictor: a ``kserve.Model`` that serves one model version.
 
 ``load()`` materialises the version (a local folder or a store URI), verifies every file's SHA-256
-against ``MANIFEST.json``, runs one forward pass, and only then sets ``ready``. ``predict()``
+against ``MANIFEST.json``, picks the runtime (:func:`components.runtimes.decide_runtime`: eager PyTorch or
+the version's parity-checked ONNX export under onnxruntime), runs one forward pass, and only then sets
+``ready``. ``predict()``
 decodes the request (:mod:`serving.codec`), runs the forward pass through the batcher
 (:mod:`serving.batching`, off the event loop) and answers v1 with a dict and v2 with an
 ``InferResponse``. Bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400).
@@ -31,9 +33,9 @@ from kserve import InferInput, InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import to_http_parameters
 
 from components.imagefile import MAX_IMAGE_PIXELS
-from components.modelfile import MANIFEST_FILE, ModelCard, load_model, sha256_file, verify_manifest
-from components.predict import predict_proba
+from components.modelfile import MANIFEST_FILE, ModelCard, load_card, sha256_file, verify_manifest
 from components.registry import materialize, split_pinned
+from components.runtimes import AUTO, PLATFORMS, Runtime, decide_runtime, load_runtime
 from serving.batching import Batcher, BatchingOptions
 from serving.codec import (
     BYTES_INPUT,
@@ -59,7 +61,8 @@ VERSION_HEADER = "x-model-version"
 
 class ImageClassifier(Model):
     def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, batching: BatchingOptions | None = None,
-                 max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1, collector: Collector | None = None):
+                 max_request_pixels: int = MAX_IMAGE_PIXELS, decode_threads: int = 1, collector: Collector | None = None,
+                 runtime: str = AUTO, threads: int | None = None):
         # With response headers, KServe hands predict() the dict its HTTP answer's headers come from.
         super().__init__(name, return_response_headers=True)
         self.model_uri = model_uri
@@ -69,7 +72,9 @@ class ImageClassifier(Model):
         # default pool (up to 32 threads) would run as many decodes at once as it has threads.
         self.decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix=f"{name}-decode")
         self.batching = batching or BatchingOptions()
-        self.net: torch.nn.Module | None = None
+        self.requested_runtime = runtime  # auto, torch or onnx (components.runtimes.decide_runtime)
+        self.threads = threads or torch.get_num_threads()  # compute threads of either runtime
+        self.runtime: Runtime | None = None
         self.card: ModelCard | None = None
         self.spec: ServingSpec | None = None
         self.batcher: Batcher | None = None
@@ -84,12 +89,14 @@ class ImageClassifier(Model):
             # Refuse to serve anything whose files do not match the manifest (raises, names the file).
             self.manifest = verify_manifest(folder)
             digest = sha256_file(folder / MANIFEST_FILE)
-            self.net, self.card = load_model(folder, device)
+            self.card = load_card(folder)
+            choice = decide_runtime(self.requested_runtime, self.manifest, device)  # refuses onnx on a version without an export
+            self.runtime = load_runtime(folder, self.card, choice.runtime, device, self.threads)
         self.spec = ServingSpec.from_card(self.card, self.max_instances, self.max_request_pixels)
         self.forward(np.zeros((1, *self.card.input_shape), dtype=np.float32))  # a model that cannot run is not ready
         self.batcher = Batcher(self.forward, self.batching, self.name)
-        logger.info("%s; %s on %s; batching %s", load_summary(self.name, self.model_uri, self.manifest, digest),
-                    self.card.arch, device, self.batching)
+        logger.info("%s; %s on %s, runtime %s (%s); batching %s", load_summary(self.name, self.model_uri, self.manifest, digest),
+                    self.card.arch, device, choice.runtime, choice.reason, self.batching)
         self.ready = True
         return self.ready
 
@@ -107,6 +114,8 @@ class ImageClassifier(Model):
             self.collector.close()
         if self.batcher is not None:
             self.batcher.close()
+        if self.runtime is not None:
+            self.runtime.close()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         super().stop()
 
@@ -116,9 +125,14 @@ class ImageClassifier(Model):
     def get_output_types(self) -> list[dict]:
         return output_types(self.spec)
 
+    @property
+    def platform(self) -> str:
+        """The runtime served, as the Open Inference Protocol's model metadata names it ("" before ``load``)."""
+        return PLATFORMS[self.runtime.name] if self.runtime is not None else ""
+
     def forward(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities for ``float32 [N,C,H,W]`` pixels (runs on the batcher's worker thread)."""
-        return predict_proba(self.net, torch.from_numpy(pixels), self.card).numpy()
+        return self.runtime.forward(pixels)
 
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:

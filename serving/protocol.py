@@ -11,7 +11,8 @@ app before the server starts, makes the server's answers:
   BYTES kept as bytes; the inference routes themselves are :mod:`serving.routes`;
 - what this server does not offer (explain, paths that name a model version), which KServe answers
   with 501: 404; the model-repository endpoints: 403 (:class:`NotOffered`);
-- ``GET /v2/models/NAME`` with the one version served in ``versions`` (KServe leaves it null).
+- ``GET /v2/models/NAME`` with the one version served in ``versions`` (KServe leaves it null) and the runtime
+  serving it in ``platform`` (``pytorch`` or ``onnxruntime_onnx``; KServe leaves it empty).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import routes
 from serving.codec import BYTES, split_bytes_elements
+from serving.http_limits import is_byte_count
+from serving.workers import metrics_handler
 
 # -- the body-size limit ------------------------------------------------------------------------------
 
@@ -99,11 +102,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-def is_byte_count(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also accepts digits such as "²" that ``int()`` refuses."""
-    return text.isascii() and text.isdigit()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -274,6 +272,8 @@ class ValidatingDataPlane(DataPlane):
         model = self.get_model_from_registry(model_name)
         if isinstance(model, Versioned) and model.version is not None:
             metadata["versions"] = [model.version]
+        if platform := getattr(model, "platform", ""):  # the runtime serving it (KServe leaves "platform" empty)
+            metadata["platform"] = platform
         return metadata
 
 
@@ -296,12 +296,16 @@ class ClientErrorsAsWarnings(logging.Filter):
         return True
 
 
-def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> None:
-    """Put the hardening in place; call before ``server.start``."""
+def install(server: ModelServer, app: FastAPI, max_body_bytes: int) -> ASGIApp:
+    """Put the hardening in place; call before ``server.start``. Returns the ASGI app to serve: ``app``
+    behind :class:`serving.routes.InferenceFront`, which answers the inference routes itself."""
     server.dataplane = ValidatingDataPlane(model_registry=server.registered_models)
-    routes.install(app, server.dataplane)
+    front = routes.install(app, server.dataplane, max_body_bytes)
+    # Before KServe's own /metrics (registered at start): the sum over all processes where there are several.
+    app.add_route("/metrics", metrics_handler, methods=["GET"], include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_middleware(NotOffered)
     logging.getLogger(KSERVE_LOGGER_NAME).addFilter(ClientErrorsAsWarnings())
+    return front

@@ -94,7 +94,9 @@ def v2_rows(answer: dict[str, Any]) -> list[tuple[int, float]]:
 
 def start(served_version: Path, tmp_path: Path, *options: str) -> tuple[subprocess.Popen, int, Path]:
     port, log = free_port(), tmp_path / "server.log"
-    return start_predictor(str(served_version), port, *options, log=log), port, log
+    # One process: one writer, so records come out in the order sent and one line counts them all
+    # (several processes: tests/test_serving_workers.py).
+    return start_predictor(str(served_version), port, "--workers", "1", *options, log=log), port, log
 
 
 # -- a real predictor over HTTP ------------------------------------------------------------------------------------

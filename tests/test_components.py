@@ -76,7 +76,8 @@ def test_push_model_component_opens_the_store_once_and_registers_the_run_model(t
     version, model_uri = push_model.python_func(
         model=dsl.Model(uri=str(tmp_path / "model"), metadata={"prefix": "runs/r1/model"}),
         dataset=dsl.Dataset(uri=str(tmp_path / "dataset"), metadata={"prefix": "prepared/abc", "content_hash": "f" * 64}),
-        evaluation=dsl.Artifact(uri=str(evaluation)), store_uri=store_uri, model_name="digits", run_id="r1", code_version="c0ffee")
+        evaluation=dsl.Artifact(uri=str(evaluation)), store_uri=store_uri, model_name="digits", run_id="r1", code_version="c0ffee",
+        profile_seconds=0)  # placeholder files cannot be served: no profile (tests/test_profile.py profiles real models)
     assert opened == [store_uri]
     manifest = Registry(real_open(store_uri), "digits").manifest(version)
     assert version == 1 and model_uri.endswith("models/digits/versions/1")

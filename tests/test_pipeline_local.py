@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from components.data.prepare import first_examples, read_info
 from components.deploy.local import read_state, stop
 from components.registry import Registry
+from components.runtimes import PLATFORMS
 from components.store import open_store
 from serving.client import predict_v1
 from tests.conftest import free_port
@@ -80,13 +82,19 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         manifest = registry.manifest(1)
         assert manifest["verdict"]["decision"] == "accepted" and registry.production().version == 1
         assert manifest["lineage"]["dataset_hash"] and manifest["lineage"]["run_id"]
-        assert set(manifest["files"]) == {"model.safetensors", "model.json", "metrics.json", "monitoring.json"}
+        assert set(manifest["files"]) == {"model.safetensors", "model.json", "metrics.json", "monitoring.json", "model.onnx"}
+        assert manifest["onnx"]["passed"] and manifest["onnx"]["parity"]["agreement"] >= 0.999  # the export passed parity
+        profile = manifest["profile"]  # both runtimes measured in the real predictor; the faster one named
+        assert set(profile["runtimes"]) == {"torch", "onnx"} and profile["runtime"] in profile["runtimes"]
         endpoint = read_state(tmp_path / "serving")
         assert predict_v1(endpoint.url, "digits", np.zeros((1, 1, 28, 28)))[0]["label"] in "0123456789"
+        with urllib.request.urlopen(f"{endpoint.url}/v2/models/digits", timeout=10) as answer:  # --runtime auto serves it
+            assert json.load(answer)["platform"] == PLATFORMS[profile["runtime"]]
 
         # A one-epoch candidate is worse than production by more than the tolerance: registered, not deployed.
         second = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=1", "--param", f"serving_port={port}",
-                         "--param", "accuracy_threshold=0.0", "--param", "tolerance=0.0", "--param", "lr=0.0001")
+                         "--param", "accuracy_threshold=0.0", "--param", "tolerance=0.0", "--param", "lr=0.0001",
+                         "--param", "profile_seconds=0")  # no profile: the version says so, deploy would size by default
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert registry.manifest(2)["verdict"]["decision"] == "rejected"
         assert "worse than production" in registry.manifest(2)["verdict"]["reason"]

@@ -371,12 +371,12 @@ def test_a_damaged_version_never_becomes_ready(tmp_path, damage):
     assert ("SHA-256" if damage == "tampered" else "missing") in output
 
 
-def test_more_than_one_worker_process_is_refused_not_ignored(tmp_path):
-    """KServe's --workers N would start processes without this server's routes and batcher."""
+def test_a_version_that_cannot_load_stops_every_worker_process_with_its_exit_code(tmp_path):
+    """With several processes (serving.workers) each refuses the version, and the server exits as one would."""
     proc = start_predictor(str(tmp_path / "never-loaded"), free_port(), "--workers", "2")
     output = proc.communicate(timeout=90)[0].decode()
     assert proc.returncode == 2
-    assert "expected --workers 1, found 2: run more replicas" in output
+    assert "refusing to serve" in output and "stopping the server: a process exited before every process had loaded the model" in output
 
 
 @pytest.mark.slow

@@ -233,7 +233,7 @@ def until_served(url: str) -> int:
 
 def test_a_request_beyond_the_connection_limit_is_503_until_one_closes(served_version, tmp_path):
     port, log = free_port(), tmp_path / "server.log"
-    proc = serve(str(served_version), port, log, "--max-connections", "2")
+    proc = serve(str(served_version), port, log, "--max-connections", "2", "--workers", "1")  # counted in one process
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, log)

@@ -154,7 +154,11 @@ def stop_all(checkout: Path = CHECKOUT) -> list[LocalEndpoint]:
 def running_servers(checkout: Path = CHECKOUT) -> list[tuple[int, Path]]:
     """``(pid, state folder)`` of each live server whose environment marks it as started from ``checkout``.
 
-    Only process-group leaders count: a server's own children inherit its environment and stop with it."""
+    Only process-group leaders count: a server's own children inherit its environment and stop with it. Its
+    worker processes (``--workers``) lead sessions of their own but carry :data:`serving.workers.WORKER_ENV`:
+    they stop when their supervisor does."""
+    from serving.workers import WORKER_ENV
+
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -164,7 +168,7 @@ def running_servers(checkout: Path = CHECKOUT) -> list[tuple[int, Path]]:
             environ, leader = _environ(entry), os.getpgid(pid) == pid
         except OSError:  # another user's process, or one that exited while we looked
             continue
-        if leader and environ.get(CHECKOUT_ENV) == str(checkout) and STATE_DIR_ENV in environ:
+        if leader and environ.get(CHECKOUT_ENV) == str(checkout) and STATE_DIR_ENV in environ and WORKER_ENV not in environ:
             found.append((pid, Path(environ[STATE_DIR_ENV])))
     return sorted(found)
 
