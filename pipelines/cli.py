@@ -2,7 +2,7 @@
 
     python -m pipelines compile --output pipeline.yaml [--pipeline training|monitoring]
     python -m pipelines run --local [--pipeline training|monitoring] [--data-uri URI] [--workdir DIR] [--param NAME=VALUE …] [-v]
-    python -m pipelines render --output-dir DIR [--version N] [--param NAME=VALUE …]
+    python -m pipelines render --output-dir DIR [--version N] [--manifest PATH] [--param NAME=VALUE …]
     python -m pipelines stop [--workdir DIR]   (without --workdir: every server this checkout started)
     python -m pipelines data put (FOLDER | --sample) --to URI
     python -m pipelines registry list|show|promote|rollback|history --store URI --model NAME …
@@ -30,8 +30,10 @@ from pipelines.registry_cli import add_registry_commands
 from pipelines.remote_cli import add_remote_commands
 
 if TYPE_CHECKING:
+    from components.deploy.sizing import Sizing
     from components.deploy.step import KServeTarget
     from components.monitoring.collection import CollectionOptions
+    from components.profile import ProfileSettings
 
 
 def pipeline_signature() -> dict[str, type]:
@@ -60,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_name = check_model_name(overrides)  # refused here, not by a step after training
     kserve_target({**pipeline_defaults(), **overrides})  # so are a bad deployment_mode and canary_percent
     collection_options({**pipeline_defaults(), **overrides})  # and bad collection fractions
+    profile_options({**pipeline_defaults(), **overrides})  # and a bad latency budget or profile length
     if not args.in_process:
         return local_run.run_supervised([sys.executable, "-m", "pipelines", *run_argv(args), "--in-process"])
     from pipelines.run_folder import new_run_folder
@@ -113,17 +116,29 @@ def check_remote_params(params: Mapping[str, Any]) -> None:
     check_model_name(params)
     kserve_target({**pipeline_defaults(), **params})
     collection_options({**pipeline_defaults(), **params})
+    profile_options({**pipeline_defaults(), **params})
 
 
 def kserve_target(params: Mapping[str, Any]) -> KServeTarget:
     """The deploy step's KServe settings from pipeline parameters (the deploy step builds the same), so that
-    run, render, submit and schedule refuse a bad deployment_mode or canary_percent before any work."""
+    run, render, submit and schedule refuse a bad deployment_mode, canary_percent or resource override before any work."""
     from components.deploy.step import KServeTarget
 
     try:
-        return KServeTarget(params["kserve_namespace"], params["serving_gpus"], params["deployment_mode"], params["canary_percent"])
+        return KServeTarget(params["kserve_namespace"], params["serving_gpus"], params["deployment_mode"], params["canary_percent"],
+                            params["serving_cpu"], params["serving_memory"], params["serving_scale_target"])
     except ValueError as exc:
-        raise ParamError(f"pipeline parameters deployment_mode/canary_percent: {exc}") from None
+        raise ParamError(f"pipeline parameters deployment_mode/canary_percent/serving_*: {exc}") from None
+
+
+def profile_options(params: Mapping[str, Any]) -> ProfileSettings | None:
+    """How the push step profiles the version, from pipeline parameters (the push step builds the same)."""
+    from components.push.push import profile_settings
+
+    try:
+        return profile_settings(params["serving_latency_budget_ms"], params["profile_seconds"])
+    except ValueError as exc:
+        raise ParamError(f"pipeline parameters serving_latency_budget_ms/profile_seconds: {exc}") from None
 
 
 def collection_options(params: Mapping[str, Any]) -> CollectionOptions:
@@ -161,16 +176,37 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     p = {**pipeline_defaults(), "store_uri": "https://ACCOUNT.blob.core.windows.net/models", **parse_params(args.param, pipeline_signature())}
     target = kserve_target(p)
+    sizing = rendered_sizing(target, args.manifest, args.version)
     settings = InferenceServiceSettings(
         name=p["model_name"], namespace=p["kserve_namespace"], model_name=p["model_name"], model_version=args.version,
         model_uri=f"{str(p['store_uri']).rstrip('/')}/{version_key(p['model_name'], args.version)}",
         manifest_sha256=args.manifest_sha256, collection=collection_options(p),
-        **target.settings_fields(),
+        **target.settings_fields(sizing),
     )
     for path in write_manifests(args.output_dir, settings):
         print(f"wrote {path}")
+    print("predictor sizing (requests = limits):")
+    for line in sizing.describe(target.scale_metric):
+        print(f"  {line}")
     for path in render_training(p, args.output_dir, namespace=p["kserve_namespace"]):  # TrainJob + runtime; PyTorchJob if num_ps=1
         print(f"wrote {path}")
+
+
+def rendered_sizing(target: KServeTarget, manifest: Path | None, version: int) -> Sizing:
+    """What the deploy step would size the predictor to: from the profile in the version's ``MANIFEST.json`` when
+    one is given (``registry show --json`` prints it), else the defaults a version without a profile gets."""
+    import json
+
+    if manifest is None:
+        return target.sizing(None)
+    try:
+        data = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected --manifest {manifest} to be a version's MANIFEST.json, got invalid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("version", version) != version:
+        found = data.get("version") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"expected --manifest {manifest} to be the MANIFEST.json of version {version} (--version), found version {found}")
+    return target.sizing(data.get("profile"), f"profile v{version}")
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
@@ -244,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=1, help="registry version the InferenceService would serve")
     p.add_argument("--manifest-sha256", metavar="DIGEST", help="pin the version to this manifest digest, as the deploy step "
                    "does (`python -m pipelines registry show` prints it); without it the rendered URI is unpinned")
+    p.add_argument("--manifest", type=Path, metavar="PATH", help="the version's MANIFEST.json (`python -m pipelines registry "
+                   "show --version N --json` prints it): size the predictor from its profile, as the deploy step does; "
+                   "without it the sizing is the default of a version with no profile")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter (repeatable)")
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("stop", help="stop the local model servers that `run --local` started")

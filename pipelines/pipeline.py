@@ -5,7 +5,7 @@
 
 from kfp import dsl, kubernetes
 
-from components.cluster import WORKLOAD_IDENTITY_LABEL
+from components.cluster import WORKLOAD_IDENTITY_LABEL, project_image
 from components.data.component import prepare_data
 from components.data.prepare import PrepareConfig
 from components.deploy.component import deploy_model
@@ -58,6 +58,11 @@ def training_pipeline(
     serving_gpus: int = 1,
     deployment_mode: str = "Knative",
     canary_percent: int = 10,
+    serving_cpu: str = "",
+    serving_memory: str = "",
+    serving_scale_target: int = 0,
+    serving_latency_budget_ms: float = 100.0,
+    profile_seconds: float = 2.0,
     collect_uri: str = "",
     collect_fraction: float = 0.1,
     collect_images_fraction: float = 0.01,
@@ -104,6 +109,11 @@ def training_pipeline(
         serving_gpus: GPUs per predictor replica (deploy_target kserve).
         deployment_mode: KServe deployment mode: Knative (revisions: canary, then promotion) or Standard (a Deployment: rolling update); the old names Serverless and RawDeployment are accepted.
         canary_percent: Traffic share of a new revision while it is smoke-tested, before promotion to 100 (Knative mode; 0: no canary, the new revision takes all traffic once ready; Standard mode always rolls pods).
+        serving_cpu: CPU request and limit per predictor replica, e.g. 2 or 500m (deploy_target kserve); empty: derived from the version's profile (the cores its measured throughput needed, at least 1).
+        serving_memory: Memory request and limit per predictor replica, e.g. 1Gi (deploy_target kserve); empty: derived from the version's profile (its peak RSS x1.5).
+        serving_scale_target: Autoscaling target per replica (deploy_target kserve): concurrent requests in Knative mode, CPU utilization % in Standard mode; 0: derived from the version's profile (the highest concurrency within its latency budget) or the default.
+        serving_latency_budget_ms: p99 latency each served request must stay within: the push step's profile finds the highest concurrency per replica that holds it, and the faster runtime (torch or onnx) under it.
+        profile_seconds: Seconds of load per concurrency level when the push step profiles each runtime in the real predictor; 0: no profile (default sizing, runtime chosen without measurements).
         collect_uri: Where the model server records statistics of the requests it answers, for the drift report: a store URI (a local folder, or on AKS an Azure Blob container the serving identity may write to); empty: no collection.
         collect_fraction: Fraction of requests recorded when collect_uri is set.
         collect_images_fraction: Fraction of requests whose preprocessed images are saved too (at most collect_fraction).
@@ -124,8 +134,10 @@ def training_pipeline(
     # Every candidate is registered with its verdict; only an accepted one is deployed.
     pushed = push_model(model=trained.outputs["model"], dataset=prepared.outputs["dataset"],
                         evaluation=evaluated.outputs["evaluation"], store_uri=store_uri, model_name=model_name,
-                        run_id=run_id, code_version=code_version)
-    pushed.set_display_name("push to registry").set_caching_options(False)
+                        run_id=run_id, code_version=code_version, latency_budget_ms=serving_latency_budget_ms,
+                        profile_seconds=profile_seconds)
+    # The profile serves the version on one core while the load comes from the other.
+    pushed.set_display_name("push to registry").set_caching_options(False).set_cpu_limit("2").set_memory_limit("4G")
     # The decision is the evaluate step's return value (`Output`): kfp 2.17.0's local runner resolves a
     # condition on a task's `Output` channel, but not on a NamedTuple field such as `decision`.
     with dsl.If(evaluated.outputs["Output"] == "accepted", name="candidate-accepted"):
@@ -136,9 +148,13 @@ def training_pipeline(
                                 target=deploy_target, serving_port=serving_port, local_state_dir=local_state_dir,
                                 kserve_namespace=kserve_namespace, serving_gpus=serving_gpus,
                                 deployment_mode=deployment_mode, canary_percent=canary_percent, collect_uri=collect_uri,
-                                collect_fraction=collect_fraction, collect_images_fraction=collect_images_fraction)
+                                collect_fraction=collect_fraction, collect_images_fraction=collect_images_fraction,
+                                serving_cpu=serving_cpu, serving_memory=serving_memory, serving_scale_target=serving_scale_target)
         deployed.set_display_name("deploy").set_caching_options(False)
     for task in (prepared, trained, evaluated, pushed, deployed):
         # Workload identity: the pod gets a token for the service account's Azure identity (Blob access);
         # no key or connection string is ever a parameter. kfp.local ignores this setting.
         kubernetes.add_pod_label(task, WORKLOAD_IDENTITY_LABEL, "true")
+        # The image this package was compiled for (in CI the digest just pushed): the TrainJob and the
+        # InferenceService that the steps create run it too, not the default tag (components.cluster.project_image).
+        task.set_env_variable("PIPELINE_IMAGE", project_image())

@@ -28,7 +28,9 @@ from datetime import timedelta
 from typing import Any
 
 from components.errors import ProjectError
+from components.export import summary as export_summary
 from components.modelfile import MANIFEST_FILE
+from components.profile import PROFILE_KEY, format_profile
 from components.registry import Registry, gate_verdict, validate_model_name, weights_sha256
 from components.store import open_store
 
@@ -126,8 +128,11 @@ def describe_version(manifest: dict[str, Any], production: int | None, identical
         ("data", f"{lineage.get('dataset_hash') or MISSING} ({lineage.get('dataset_prefix') or 'prefix not recorded'})"),
         ("run", f"{lineage.get('run_id') or MISSING}, code {lineage.get('code_version') or lineage.get('git_commit') or MISSING}"),
         ("training", training or MISSING),
+        ("onnx", export_summary(manifest.get("onnx"))),
     ]
-    return [f"{manifest.get('model', '?')} version {version}"] + [f"  {label:<11} {value}" for label, value in fields]
+    lines = [f"{manifest.get('model', '?')} version {version}"] + [f"  {label:<11} {value}" for label, value in fields]
+    profile = manifest.get(PROFILE_KEY)
+    return lines + [f"  {line}" for line in format_profile(profile)] if profile else lines + [f"  {'profile':<11} {MISSING}"]
 
 
 def default_actor() -> str:

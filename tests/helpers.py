@@ -61,3 +61,17 @@ class TickingClock:
 
     def sleep(self, seconds: float) -> None:
         pass
+
+
+def sample_profile(peak_rss_mib: float = 612.0, budget_ms: float = 50.0, runtime: str = "onnx", **chosen: Any) -> dict[str, Any]:
+    """A version profile as components.profile writes it: onnx chosen, fitting the budget up to concurrency 8."""
+    served = [
+        {"concurrency": 1, "rps": 400.0, "p50_ms": 2.4, "p99_ms": 4.0, "cpu_ms": 1.1, "errors": 0},
+        {"concurrency": 8, "rps": 1500.0, "p50_ms": 5.0, "p99_ms": 12.5, "cpu_ms": 0.9, "errors": 0},
+        {"concurrency": 32, "rps": 1600.0, "p50_ms": 19.0, "p99_ms": 80.0, "cpu_ms": 0.8, "errors": 0},
+    ]
+    measured = {"load_s": 0.2, "peak_rss_mib": peak_rss_mib, "base_rss_mib": 300.0, "forward_ips": {"1": 3000.0, "64": 20000.0}, "served": served,
+                "within_budget": 8, **chosen}
+    return {"format": 1, "runtime": runtime, "latency_budget_ms": budget_ms, "seconds_per_level": 2.0, "max_batch": 64,
+            "machine": {"cpu": "test CPU", "cores": 2, "threads": 1, "device": "cpu"},
+            "runtimes": {runtime: measured, "torch": {**measured, "peak_rss_mib": 900.0}} if runtime != "torch" else {runtime: measured}}

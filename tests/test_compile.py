@@ -103,9 +103,11 @@ def test_render_pins_the_version_to_a_given_manifest_digest(tmp_path):
 
 
 @pytest.mark.parametrize(("param", "message"), [
-    ("deployment_mode=Canary", "deployment_mode/canary_percent: expected deployment_mode 'Standard' or 'Knative' (or their old names "
+    ("deployment_mode=Canary", "deployment_mode/canary_percent/serving_*: expected deployment_mode 'Standard' or 'Knative' (or their old names "
                                "'RawDeployment', 'Serverless'), got 'Canary'"),
-    ("canary_percent=150", "deployment_mode/canary_percent: expected canary_percent between 0 (no canary) and 100, got 150"),
+    ("canary_percent=150", "deployment_mode/canary_percent/serving_*: expected canary_percent between 0 (no canary) and 100, got 150"),
+    ("serving_memory=2GB", "deployment_mode/canary_percent/serving_*: expected serving_memory as a Kubernetes memory quantity "
+                           "like '1Gi' or '768Mi' (or '' to size from the profile), got '2GB'"),
     ("collect_fraction=1.5", "collect_fraction/collect_images_fraction: expected collect_fraction between 0 and 1, got 1.5"),
     ("collect_images_fraction=0.5", "collect_fraction/collect_images_fraction: expected collect_images_fraction between 0 and "
                                     "collect_fraction (0.1): an image is saved only with its record, got 0.5"),
@@ -118,6 +120,19 @@ def test_render_and_run_refuse_bad_deploy_parameters_before_doing_anything(tmp_p
             main([*argv, "--param", param])
         assert str(failure.value) == f"error: pipeline parameters {message}"
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(("param", "message"), [
+    ("profile_seconds=-1", "expected profile seconds per level of 0 (no profile) or more, got -1"),
+    ("serving_latency_budget_ms=0", "expected latency_budget_ms > 0"),
+])
+def test_run_refuses_bad_profile_parameters_before_doing_anything(tmp_path, param, message):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as failure:
+        main(["run", "--local", "--workdir", str(tmp_path / "work"), "--param", param])
+    assert str(failure.value).startswith(f"error: pipeline parameters serving_latency_budget_ms/profile_seconds: {message}")
+    assert not (tmp_path / "work").exists()
 
 
 def test_render_shows_what_the_predictor_collects(tmp_path) -> None:
@@ -166,3 +181,11 @@ def test_the_train_step_gets_every_knob_from_its_pipeline_parameter(package):
     inputs = package["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
     wired = {field: spec.get("componentInputParameter") for field, spec in inputs.items()}
     assert {field: wired.get(field) for field in PIPELINE_KNOBS.values()} == {f: n for n, f in PIPELINE_KNOBS.items()}
+
+
+def test_the_serving_resource_overrides_reach_the_deploy_step_and_default_to_the_profile(package):
+    params = package["root"]["inputDefinitions"]["parameters"]
+    deploy = package["components"]["comp-condition-1"]["dag"]["tasks"]["deploy-model"]["inputs"]["parameters"]
+    for name, empty in (("serving_cpu", ""), ("serving_memory", ""), ("serving_scale_target", 0)):
+        assert params[name]["defaultValue"] == empty, f"{name}: empty means derived from the version's profile"
+        assert deploy[name]["componentInputParameter"] == f"pipelinechannel--{name}"

@@ -35,6 +35,7 @@ from components.errors import ConflictError, DeployError
 from components.kube import ApiError
 from components.registry import Registry, pinned_uri
 from components.store import LocalStore
+from tests.helpers import sample_profile
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 NS = "models"
@@ -585,7 +586,8 @@ def test_the_step_refuses_a_registry_the_cluster_cannot_read(registry: Registry)
 
 def test_the_deploy_parameters_accept_the_old_mode_names_and_refuse_others() -> None:
     assert KServeTarget(NS, mode="RawDeployment").settings_fields() == {
-        "gpus": 1, "mode": DeploymentMode.STANDARD, "canary_traffic_percent": None, "scale_metric": "cpu", "scale_target": 70}
+        "gpus": 1, "mode": DeploymentMode.STANDARD, "canary_traffic_percent": None, "scale_metric": "cpu", "scale_target": 70,
+        "cpu": "1", "memory": "2Gi"}
     assert KServeTarget(NS, mode="Serverless").mode is DeploymentMode.KNATIVE
     assert KServeTarget(NS).mode is DeploymentMode.KNATIVE  # KServe's shipped default, annotated explicitly
     with pytest.raises(ValueError, match="expected deployment_mode 'Standard' or 'Knative'.*got 'Raw'"):
@@ -684,6 +686,81 @@ def test_a_canary_after_a_straight_replace_starts_from_the_serving_revision(blob
     deploy_step(cluster, blob_registry, 2, KServeTarget(NS, canary_percent=50), champion=1, smoke=smoke)
 
     assert smoke.traffic == [{f"{NAME}-predictor-00001": 50, f"{NAME}-predictor-00002": 50}]
+
+
+# -- sizing: from the version's profile through the deploy step to the (fake) cluster, and what render shows --
+
+
+def push_profiled(registry: Registry, tmp_path: Path) -> int:
+    """A version whose manifest carries a profile (onnx chosen: peak RSS 612 MiB, p99 within 50 ms up to 8)."""
+    folder = tmp_path / "profiled"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights 3")
+    (folder / "model.json").write_text(json.dumps({"arch": "cnn", "n": 3}))
+    return registry.push(folder, {"lineage": {"run_id": "train-3"}, "profile": sample_profile()})
+
+
+def rendered(tmp_path: Path, version: int, *extra: str) -> tuple[dict[str, Any], str]:
+    """The predictor `python -m pipelines render` writes, and what it prints."""
+    import contextlib
+    import io
+
+    from pipelines.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["render", "--output-dir", str(tmp_path / "rendered"), "--version", str(version), "--param",
+              "store_uri=https://acct.blob.core.windows.net/models", "--param", f"model_name={NAME}", "--param",
+              f"kserve_namespace={NS}", *extra])
+    return yaml.safe_load((tmp_path / "rendered" / "inferenceservice.yaml").read_text())["spec"]["predictor"], out.getvalue()
+
+
+def test_the_service_is_sized_from_the_versions_profile_and_render_shows_the_same_with_its_source(
+        blob_registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    version = push_profiled(blob_registry, tmp_path)
+    cluster = FakeCluster()
+
+    record = deploy_step(cluster, blob_registry, version, KServeTarget(NS), champion=None)
+
+    live = cluster.objects[NAME]["spec"]["predictor"]
+    resources = live["containers"][0]["resources"]
+    assert resources["requests"] == resources["limits"] == {"cpu": "2", "memory": "2560Mi", "nvidia.com/gpu": "1"}
+    assert live["scaleMetric"] == "concurrency" and live["scaleTarget"] == 8
+    assert record["sizing"]["memory"] == {"value": "2560Mi", "source": f"profile v{version}: 2 server processes (one per CPU) × "
+                                          "peak RSS 612 MiB + their supervisor 300 MiB (onnx) ×1.5 = 2286 MiB, rounded up to 2560Mi"}
+    assert f"memory                     2560Mi  profile v{version}: 2 server processes" in capsys.readouterr().out  # the step's log
+    manifest = tmp_path / "MANIFEST.json"
+    manifest.write_text(json.dumps(blob_registry.manifest(version)))  # what `registry show --json` prints
+    predictor, printed = rendered(tmp_path, version, "--manifest", str(manifest))
+    predictor.pop("canaryTrafficPercent")  # render shows the canary share an update would get; a first deploy has none
+    assert shape_of(predictor) == shape_of(live)  # one source of sizing for render and deploy
+    assert f"scale target (concurrency) 8       profile v{version}: highest concurrency with p99 within 50 ms" in printed
+    assert f"cpu                        2       profile v{version}: 1500 req/s × 0.90 ms server CPU per request" in printed
+
+
+def test_an_operator_override_reaches_the_cluster_and_render_says_so(blob_registry: Registry, tmp_path: Path) -> None:
+    version = push_profiled(blob_registry, tmp_path)
+    cluster = FakeCluster()
+
+    deploy_step(cluster, blob_registry, version, KServeTarget(NS, memory="3Gi", scale_target=4), champion=None)
+
+    live = cluster.objects[NAME]["spec"]["predictor"]
+    assert live["containers"][0]["resources"]["limits"]["memory"] == "3Gi" and live["scaleTarget"] == 4
+    assert live["containers"][0]["resources"]["limits"]["cpu"] == "2"  # not overridden: the profile's
+    predictor, printed = rendered(tmp_path, version, "--param", "serving_memory=3Gi", "--param", "serving_scale_target=4")
+    assert predictor["containers"][0]["resources"]["limits"]["memory"] == "3Gi" and predictor["scaleTarget"] == 4
+    assert "memory                     3Gi     operator override" in printed
+    assert "cpu                        1       default: no profile" in printed  # no --manifest: no profile to size from
+
+
+def test_a_version_without_a_profile_is_deployed_with_the_defaults(blob_registry: Registry) -> None:
+    cluster = FakeCluster()
+
+    record = deploy_step(cluster, blob_registry, 1, KServeTarget(NS), champion=None)
+
+    limits = cluster.objects[NAME]["spec"]["predictor"]["containers"][0]["resources"]["limits"]
+    assert (limits["cpu"], limits["memory"]) == ("1", "2Gi")
+    assert {s["source"] for s in record["sizing"].values()} == {"default: no profile"}
 
 
 def test_the_step_refuses_before_the_cluster_when_production_moved_since_the_gate(blob_registry: Registry) -> None:

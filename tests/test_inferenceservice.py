@@ -20,7 +20,9 @@ from components.deploy.inferenceservice import (
     build_inference_service,
 )
 from components.deploy.render import INFERENCE_SERVICE_FILE, render_inference_service, write_manifests
+from components.deploy.sizing import derive_resources
 from components.monitoring.collection import CollectionOptions
+from tests.helpers import sample_profile
 from tests.k8s_schema import INFERENCE_SERVICE_CRDS, requires_schemas, schema_errors
 
 BLOB = "https://acct.blob.core.windows.net/models/models/mnist/versions/3"
@@ -45,6 +47,8 @@ VARIANTS = {
     "standard-gpu": {"mode": DeploymentMode.STANDARD, "scale_metric": "cpu", "scale_target": 70},
     "two-gpus-custom-pool": {"gpus": 2, "gpu_profile": GpuProfile(node_selector={"pool": "a100"}, taint_value="a100")},
     "collecting": {"collection": CollectionOptions(COLLECTED, 0.2, 0.02)},
+    # What a profile derives (components.deploy.sizing): a Mi quantity, whole cores, a concurrency target.
+    "sized-from-a-profile": derive_resources(sample_profile(peak_rss_mib=300)).settings_fields(),
 }
 
 

@@ -116,6 +116,8 @@ def test_show_summarizes_a_version_or_production_and_prints_the_whole_manifest_w
         "data": "sha256:beef (prefix not recorded)",
         "run": "run-b, code 89abcdef0123456789",
         "training": "-",
+        "onnx": "not recorded (pushed before exports existed)",
+        "profile": "-",  # pushed without one
     }
     assert lines[-1] == f"3 files verified against {MANIFEST_FILE} (its sha256: {registry.manifest_sha256(2)})"
     code, _, err = run_cli(capsys, "show", "--store", pushed, "--model", MODEL)

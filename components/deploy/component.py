@@ -9,7 +9,8 @@ from components.kfp_base import project_component
 def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri: str, model_name: str, version: int, model_uri: str, run_id: str,
                  target: str, serving_port: int, local_state_dir: str, kserve_namespace: str, serving_gpus: int,
                  deployment_mode: str, canary_percent: int, collect_uri: str, collect_fraction: float,
-                 collect_images_fraction: float, endpoint: Output[Artifact]) -> str:
+                 collect_images_fraction: float, endpoint: Output[Artifact], serving_cpu: str = "", serving_memory: str = "",
+                 serving_scale_target: int = 0) -> str:
     """Serve the registered version, smoke-test it over REST, then make it the production version.
 
     Args:
@@ -30,7 +31,10 @@ def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri
         collect_uri: Store URI the server collects request statistics into ("": no collection).
         collect_fraction: Fraction of requests collected.
         collect_images_fraction: Fraction of requests whose preprocessed images are saved too.
-        endpoint: The deployment record (URL, version, smoke results).
+        endpoint: The deployment record (URL, version, smoke results, sizing).
+        serving_cpu: CPU request and limit per predictor replica (target kserve; "": derived from the version's profile).
+        serving_memory: Memory request and limit per predictor replica (target kserve; "": derived from the version's profile).
+        serving_scale_target: Autoscaling target per replica (target kserve; 0: derived from the version's profile).
     """
     import json
 
@@ -38,7 +42,8 @@ def deploy_model(dataset: Input[Dataset], evaluation: Input[Artifact], store_uri
     from components.monitoring.collection import CollectionOptions
     from components.store import open_store
 
-    kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent)
+    kserve = KServeTarget(kserve_namespace, serving_gpus, deployment_mode, canary_percent, serving_cpu, serving_memory,
+                          serving_scale_target)
     record = deploy(target, open_store(store_uri), dataset.metadata["prefix"], model_name, version, model_uri, run_id,
                     serving_port, local_state_dir, judged_champion(evaluation.path), kserve,
                     CollectionOptions(collect_uri, collect_fraction, collect_images_fraction))

@@ -95,6 +95,8 @@ class InferenceServiceSettings:
     manifest_sha256: str | None = None  # the deploy step always pins; examples and `render` have no registry to ask
     image: str = field(default_factory=project_image)
     service_account: str = "kfp-ps-serving"
+    # Requests = limits. The deploy step and `render` set these three from the version's profile (or an
+    # operator's override) through components.deploy.sizing; these defaults are what a version without one gets.
     cpu: str = "1"
     memory: str = "2Gi"
     gpus: int = 1

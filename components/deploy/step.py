@@ -22,6 +22,7 @@ import numpy as np
 from components.data.prepare import first_examples, read_info
 from components.deploy import local
 from components.deploy.inferenceservice import DeploymentMode
+from components.deploy.sizing import Sizing, SizingOverrides, derive_resources
 from components.monitoring.collection import CollectionOptions
 from components.registry import Registry, pinned_uri, split_pinned
 from components.store import Store
@@ -33,21 +34,41 @@ SMOKE_IMAGES = 2
 
 @dataclass(frozen=True)
 class KServeTarget:
-    """Where and how target ``kserve`` deploys (the rest comes from InferenceServiceSettings' defaults)."""
+    """Where and how target ``kserve`` deploys (the rest comes from InferenceServiceSettings' defaults).
+
+    ``cpu``, ``memory`` and ``scale_target`` are an operator's overrides of what the version's profile
+    derives (:mod:`components.deploy.sizing`); empty (``""``, ``0``) leaves each to the profile."""
 
     namespace: str
     gpus: int = 1
     mode: DeploymentMode | str = DeploymentMode.KNATIVE
     canary_percent: int = 10
+    cpu: str = ""
+    memory: str = ""
+    scale_target: int = 0
 
     def __post_init__(self) -> None:
         # Parsed here, so a bad pipeline parameter fails before anything touches the cluster.
         object.__setattr__(self, "mode", DeploymentMode(self.mode))
         if not 0 <= self.canary_percent <= 100:
             raise ValueError(f"expected canary_percent between 0 (no canary) and 100, got {self.canary_percent}")
+        self.overrides()  # ValueError for a malformed quantity, before the cluster too
 
-    def settings_fields(self) -> dict[str, Any]:
-        """InferenceServiceSettings fields these pipeline parameters imply (render and deploy share this)."""
+    @property
+    def scale_metric(self) -> str:
+        # Standard mode is a Deployment with an HPA, which scales on resource metrics only.
+        return "concurrency" if self.mode is DeploymentMode.KNATIVE else "cpu"
+
+    def overrides(self) -> SizingOverrides:
+        return SizingOverrides(self.cpu, self.memory, self.scale_target)
+
+    def sizing(self, profile: dict[str, Any] | None, origin: str = "profile") -> Sizing:
+        """The predictor's CPU, memory and scale target for a version with ``profile`` (None: it has none)."""
+        return derive_resources(profile, self.overrides(), scale_metric=self.scale_metric, gpus=self.gpus, origin=origin)
+
+    def settings_fields(self, sizing: Sizing | None = None) -> dict[str, Any]:
+        """InferenceServiceSettings fields these pipeline parameters and ``sizing`` imply (render and deploy share
+        this; without ``sizing``, the sizing of a version with no profile)."""
         knative = self.mode is DeploymentMode.KNATIVE
         return {
             "gpus": self.gpus,
@@ -55,8 +76,8 @@ class KServeTarget:
             # A canary only exists in Knative mode (Standard has one only from KServe 0.20, and 0.18 is supported):
             # Standard rolls pods and scales on CPU (HPA). 0 and 100 both mean "no canary phase".
             "canary_traffic_percent": self.canary_percent if knative and 0 < self.canary_percent < 100 else None,
-            "scale_metric": "concurrency" if knative else "cpu",
-            "scale_target": 8 if knative else 70,
+            "scale_metric": self.scale_metric,
+            **(sizing or self.sizing(None)).settings_fields(),
         }
 
 
@@ -131,9 +152,19 @@ def deploy_kserve(registry: Registry, version: int, run_id: str, champion: int |
     # Refused before touching the cluster; the promotion then swaps on this very pointer, so a champion that
     # moved at any time after the gate is never overwritten. The predictor and the promotion pin the digest.
     before = registry.expect_production(champion)
+    sizing = version_sizing(registry, version, target)
     record = deploy_registry_version(registry, version, run_id, target.namespace, registry.name, expected=before,
-                                     collection=collection or CollectionOptions(), **cluster, **target.settings_fields())
-    return {"target": "kserve", **record.to_dict()}
+                                     collection=collection or CollectionOptions(), **cluster, **target.settings_fields(sizing))
+    return {"target": "kserve", **record.to_dict(), "sizing": sizing.to_dict()}
+
+
+def version_sizing(registry: Registry, version: int, target: KServeTarget) -> Sizing:
+    """The predictor's resources for ``version``, from the profile in its manifest; printed with their sources."""
+    sizing = target.sizing(registry.manifest(version).get("profile"), f"profile v{version}")
+    print(f"sizing of {registry.name} version {version}:")
+    for line in sizing.describe(target.scale_metric):
+        print(f"  {line}")
+    return sizing
 
 
 def deploy_local(registry: Registry, dataset_prefix: str, version: int, model_uri: str, run_id: str,
