@@ -10,7 +10,7 @@ REGISTRY ?= kfpps.azurecr.io
 IMAGE_TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run monitor stop test test-fast lint compile images lock clean
+.PHONY: help setup run monitor stop test test-fast lint compile image images image-test push lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,10 +54,21 @@ compile: setup ## write both pipeline packages for the Kubeflow UI to build/ (pi
 	$(PY) -m pipelines compile --pipeline monitoring --output build/monitoring.yaml
 
 IMAGE ?= $(REGISTRY)/kfp-ps-classifier:$(IMAGE_TAG)
+# What `make image` builds and `make image-test` runs: a local name, so `make push REGISTRY=…` can send the
+# same build to any registry.
+BUILT_IMAGE ?= localhost/kfp-ps-classifier:$(IMAGE_TAG)
 
-images: ## build the project image (pipeline steps, training, serving) tagged for $(REGISTRY) (needs docker)
-	docker build -f manifests/docker/Dockerfile -t $(IMAGE) .
-	@echo "built $(IMAGE); push it with: docker push $(IMAGE)"
+# The release stages (README, "Release"); none of them is part of `make test`.
+image: ## build the project image (localhost/kfp-ps-classifier:VERSION): docker, else buildah; a Debian-built base where python:3.11 cannot be pulled
+	.ci/image-build $(BUILT_IMAGE)
+
+images: image ## the same as `make image` (its former name)
+
+image-test: ## smoke-test the built image from inside: user, packages, a KFP component, 2-worker training, v1/v2 serving
+	.ci/image-test $(BUILT_IMAGE)
+
+push: ## push the built image to REGISTRY=… and print its digest reference, the PIPELINE_IMAGE to compile/submit with
+	.ci/image-push $(BUILT_IMAGE) $(IMAGE)
 
 # The runtime tree is resolved alone, then the test tools are resolved against it (-c): they can never
 # move a runtime pin, and requirements-test.lock holds only what they add.

@@ -98,6 +98,29 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def test_a_proxy_ca_reaches_pip_only_as_a_build_secret_never_a_layer() -> None:
+    pip_runs = [run for run in args_of("RUN") if "pip install" in run]
+
+    assert pip_runs and all(run.startswith("--mount=type=secret,id=pip-ca ") for run in pip_runs)
+    assert "PIP_CERT" not in " ".join(args_of("ENV")) and not any(".crt" in c or ".pem" in c for c in args_of("COPY") + args_of("ADD"))
+
+
+def test_the_image_keeps_no_pip_cache_build_folder_or_wheel() -> None:
+    (final,) = [run for run in args_of("RUN") if "--no-deps ." in run]
+
+    assert "PIP_NO_CACHE_DIR=1" in " ".join(args_of("ENV"))
+    assert "pip uninstall --yes wheel" in final and "rm -rf /build /root/.cache" in final
+
+
+def test_the_fallback_base_puts_its_python_first_on_path_as_the_official_image_does() -> None:
+    fallback = instructions((ROOT / "manifests/docker/debian-python.Dockerfile").read_text())
+    env = " ".join(rest for kw, rest in fallback if kw == "ENV")
+    runs = " ".join(rest for kw, rest in fallback if kw == "RUN")
+
+    assert [rest for kw, rest in fallback if kw == "FROM"] == ["scratch"]
+    assert "python3 -m venv /opt/python" in runs and "PATH=/opt/python/bin:" in env
+
+
 def test_the_image_runs_as_the_non_root_user_the_manifests_expect() -> None:
     users = args_of("USER")
 
@@ -112,7 +135,7 @@ def test_there_is_no_entrypoint_so_kfp_and_the_manifests_choose_the_command() ->
 def test_the_build_context_leaves_out_git_tests_and_local_environments() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
 
-    assert {".git", "tests", ".venv", ".work", "**/__pycache__"} <= ignored
+    assert {".git", "tests", ".venv", ".work", "**/__pycache__", ".github", "ci-examples"} <= ignored
 
 
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
