@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 16, 64)
 COLLECT_FRACTIONS = (1.0, 0.1)
+COLLECT_OFF = 0.0  # in the collection rows: the same server with collection off, measured in turn with the others
 # Among the server flags: "this server runs several processes" (an older one accepts only --workers 1).
 MULTI_PROCESS = "(--workers N)"
 
@@ -472,10 +473,11 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
     for (name, setup, c), r in results.items():
         lines.append(row(name, setup, c, r, limits[setup.runtime], setup.processes))
     for (name, fraction), r in collected.items():
-        lines.append(row(f"{name}, collect {fraction:g}", Setup(runtimes[0], 1), args.concurrency[-1], r, limits[runtimes[0]], 1))
+        label = f"{name}, collect {'off' if fraction == COLLECT_OFF else f'{fraction:g}'} (median of {args.collect_rounds})"
+        lines.append(row(label, Setup(runtimes[0], 1), args.concurrency[-1], r, limits[runtimes[0]], 1))
     lines += verdicts(model, kinds, results, limits, args)
-    lines += [collection_verdict(name, fraction, r, results[name, Setup(runtimes[0], 1), args.concurrency[-1]])
-              for (name, fraction), r in collected.items()]
+    lines += [collection_verdict(name, fraction, r, collected[name, COLLECT_OFF])
+              for (name, fraction), r in collected.items() if fraction != COLLECT_OFF]
     return lines
 
 
@@ -509,21 +511,41 @@ def row(name: str, setup: Setup, c: int, r: dict, limit: tuple[float, float], pr
 
 def collection_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
     """Batching on, one process, the highest concurrency, with the server collecting every request (1.0) and a
-    tenth (0.1) into a local store: what collection costs the request path (a background thread writes)."""
+    tenth (0.1) into a local store, and with collection off: what collection costs the request path (a
+    background thread writes). The three servers take turns, ``--collect-rounds`` times, and each row is the
+    median of its rounds: a p99 ratio of two rows measured minutes apart on a shared machine says more about
+    the machine than about collection."""
+    rounds: dict[tuple[str, float], list[dict]] = {}
+    for r in range(args.collect_rounds):
+        for fraction in (COLLECT_OFF, *COLLECT_FRACTIONS):
+            for name, result in collection_round(folder, setup, kinds, args, scratch / f"round-{r}", fraction).items():
+                rounds.setdefault((name, fraction), []).append(result)
+    return {key: median_row(results) for key, results in rounds.items()}
+
+
+def collection_round(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path,
+                     fraction: float) -> dict[str, dict]:
+    """One server (collecting ``fraction`` of requests, or not at all), each request kind's row at the highest concurrency."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    store = scratch / f"collected-{folder.name}-{fraction:g}"
+    collect = None if fraction == COLLECT_OFF else (store, fraction)
+    proc, url = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", collect)
     results = {}
-    load_cores = placement(args.pin).load
-    for fraction in COLLECT_FRACTIONS:
-        store = scratch / f"collected-{folder.name}-{fraction:g}"
-        proc, url = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", (store, fraction))
-        try:
-            for i, kind in enumerate(kinds):
-                body = scratch / f"{folder.name}-{i}.json"
-                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, load_cores)
-        finally:
-            stop_server(proc)  # SIGTERM: the server writes what is still queued before it exits
-        if not any(store.rglob("*.jsonl")):
-            raise RuntimeError(f"expected collected records under {store}, found none: see the server log")
+    try:
+        for i, kind in enumerate(kinds):
+            body = scratch.parent / f"{folder.name}-{i}.json"
+            results[kind.name] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
+    finally:
+        stop_server(proc)  # SIGTERM: the server writes what is still queued before it exits
+    if collect is not None and not any(store.rglob("*.jsonl")):
+        raise RuntimeError(f"expected collected records under {store}, found none: see the server log")
     return results
+
+
+def median_row(results: list[dict]) -> dict:
+    """Each figure's median over the rounds (errors: their sum, so none is hidden)."""
+    merged = {key: float(np.median([r[key] for r in results])) for key in results[0] if key != "errors"}
+    return {**merged, "errors": sum(r["errors"] for r in results)}
 
 
 def collection_verdict(name: str, fraction: float, on: dict, off: dict) -> str:
@@ -580,7 +602,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--driver", choices=("wrk", "aiohttp"), help="load generator (default: wrk where it is installed, else aiohttp)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="leave the server and the load on whatever cores the OS picks")
     parser.add_argument("--collect", action="store_true",
-                        help="add rows with request collection on (fractions 1.0 and 0.1; batching on, highest concurrency)")
+                        help="add rows with request collection on (fractions 1.0 and 0.1) and off, taking turns (batching on, highest concurrency)")
+    parser.add_argument("--collect-rounds", type=int, default=3, help="rounds of the collection rows (each row: the median)")
     parser.add_argument("--server-repo", type=Path, default=REPO, help="run the server from this checkout of the repository (before/after)")
     parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"], help="runtimes to measure")
     parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
