@@ -113,7 +113,7 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
             predict_v1(endpoint.url, "digits", (255 - pixels[start:start + 16]).astype(np.float32))
         monitored = run_cli("run", "--local", "--pipeline", "monitoring", "--workdir", str(tmp_path), "--param", "since=1h",
                             "--param", "retrain_on_drift=true", "--param",
-                            json.dumps({"epochs": 1, "serving_port": int(port)}).join(["retrain_params=", ""]))
+                            json.dumps({"epochs": 1, "serving_port": int(port), "profile_seconds": 0.5}).join(["retrain_params=", ""]))
         assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
         assert re.search(r"^drift-report +done in \S+: drift \(\d+ records\)$", monitored.stdout, re.M), monitored.stdout
         assert "start-training  done in" in monitored.stdout and registry.versions() == [1, 2, 3]
@@ -131,7 +131,8 @@ def test_whole_pipeline_through_azure_blob_on_azurite(azurite, tmp_path):
     port = str(free_port())
     try:
         result = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", f"store_uri={store_uri}", "--param", "epochs=2",
-                         "--param", "accuracy_threshold=0.0", "--param", f"serving_port={port}", env=env)
+                         "--param", "accuracy_threshold=0.0", "--param", f"serving_port={port}",
+                         "--param", "profile_seconds=0.5", env=env)  # a short profile: the first test measures the default
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert azurite.account_key not in result.stdout + result.stderr  # the key never reaches a log line
         listing = run_cli("registry", "list", "--store", store_uri, "--model", "digits", env=env)
