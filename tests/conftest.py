@@ -68,8 +68,10 @@ SERVER_OPTIONS = ("--max-instances", "8", "--max-body-mb", "1", "--max-batch-siz
 def start_predictor(model_uri: str, port: int, *options: str, log: Path | None = None) -> subprocess.Popen:
     """``python -m serving`` as a real process on 127.0.0.1 (gRPC off). Its output goes to ``log``, or to
     a pipe the caller must drain (a long-running server would block once an undrained pipe fills)."""
+    # One server process unless a test asks for more (a later --workers wins; tests/test_serving_workers.py):
+    # every process imports torch and loads the model, which a test serving a handful of requests only waits for.
     command = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", SERVED_MODEL, "--http-port", str(port),
-               "--enable_grpc", "false", *options]
+               "--enable_grpc", "false", "--workers", "1", *options]
     if log is None:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     with open(log, "wb") as output:  # the child keeps its own copy of the descriptor

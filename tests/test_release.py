@@ -30,7 +30,9 @@ OCI_MANIFESTS = "application/vnd.oci.image.manifest.v1+json, application/vnd.doc
 
 
 def make_dry_run(*arguments: str) -> str:
-    result = subprocess.run(["make", "--dry-run", "--always-make", *arguments], cwd=ROOT, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` (CI) this make is a sub-make, which would add "Entering directory" lines.
+    result = subprocess.run(["make", "--dry-run", "--always-make", "--no-print-directory", *arguments], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
     return result.stdout
 
 

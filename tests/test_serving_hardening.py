@@ -44,7 +44,9 @@ NEVER_S = 30  # how long a test waits for something that must happen after about
 
 def serve(model_uri: str, port: int, log: Path, *options: str) -> subprocess.Popen:
     """``python -m serving`` with only the options given (the server's own defaults otherwise)."""
-    command = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", MODEL, "--http-port", str(port), *options]
+    # One process unless a test asks for more (as tests/conftest.py start_predictor).
+    command = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", MODEL, "--http-port", str(port),
+               "--workers", "1", *options]
     with open(log, "wb") as output:
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
 

@@ -71,7 +71,9 @@ def start(model_uri: str, model_name: str, port: int, state_dir: Path, timeout_s
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-uri", model_uri, "--model-name", model_name,
-             "--http-port", str(port), "--enable_grpc", "false", *extra_args],
+             # One server process: this machine also runs the pipeline, and every process holds torch and the model
+             # (~700 MiB). On the cluster the pod's CPU limit decides (--workers auto, sized from the profile).
+             "--http-port", str(port), "--enable_grpc", "false", "--workers", "1", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**server_environment(os.environ), **marks},
             start_new_session=True,  # survives the step's process; stopped by pid later
         )
