@@ -98,7 +98,7 @@ def test_two_processes_answer_a_burst_exactly_as_one_process_does(burst_served):
     np.testing.assert_allclose(burst_served["answers"], burst_served["expected"], atol=1e-6)
 
 
-def test_a_burst_lands_in_both_processes_and_each_batches_its_share(burst_served):
+def test_a_burst_lands_in_both_processes_each_with_its_own_batcher(burst_served):
     (before, sum_before), (after, sum_after) = burst_served["before"], burst_served["after"]
     batches = {w: n - before["batches"].get(w, 0.0) for w, n in after["batches"].items()}
     images = {w: n - before["images"].get(w, 0.0) for w, n in after["images"].items()}
@@ -106,8 +106,13 @@ def test_a_burst_lands_in_both_processes_and_each_batches_its_share(burst_served
     assert sum(images.values()) == BURST
     # /metrics sums every process's batch-size histogram, whichever process answers.
     assert sum_after - sum_before == BURST
-    for worker in ("0", "1"):  # each process ran fewer forward passes than it got requests: it batched them
-        assert batches[worker] < images[worker], (batches, images)
+    # Each process ran its own forward passes for its own requests (its batcher's counters), and requests were
+    # coalesced: fewer passes than requests. Which process coalesced how many depends on how the burst's
+    # requests happened to arrive (on a loaded machine one process may get them one at a time), so the
+    # test asks it of the server, not of each process.
+    for worker in ("0", "1"):
+        assert 1 <= batches[worker] <= images[worker], (batches, images)
+    assert sum(batches.values()) < BURST, (batches, images)
 
 
 def test_sigterm_drains_every_process_and_the_server_exits_zero(served_version, tmp_path):
