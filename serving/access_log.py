@@ -8,14 +8,20 @@ default handler in place, :func:`make_cheap` swaps in :class:`AccessLineFormatte
 f-string, the timestamp formatted once a second) and :class:`BatchedStreamHandler` (the same stream, flushed
 at most every :data:`FLUSH_INTERVAL_S`, and by a background thread when the server goes idle). An operator's
 own logging configuration (``--log_config_file``) is left alone.
+
+Where that handler is the access logger's only one (no filters, no propagation), :func:`direct_logger` gives
+uvicorn's protocol (:mod:`serving.http_limits`) an access logger whose ``info`` writes the same line through
+it without a ``LogRecord``: the logging machinery around the line cost as much as formatting it.
 """
 
 from __future__ import annotations
 
 import http
 import logging
+import os
 import threading
 import time
+from typing import Any
 
 from uvicorn.logging import AccessFormatter
 
@@ -38,12 +44,16 @@ class AccessLineFormatter(logging.Formatter):
         args = record.args
         if not isinstance(args, tuple) or len(args) != 5 or record.exc_info:
             return self.fallback.format(record)
+        return self.line(args, record.created, record.name, record.levelname, record.process)
+
+    def line(self, args: tuple, created: float, name: str = ACCESS_LOGGER, level: str = "INFO", process: int | None = None) -> str:
+        """The line for uvicorn's five arguments (client, method, path, HTTP version, status)."""
         client, method, path, version, status = args
-        second = int(record.created)
+        second = int(created)
         if second != self._second:  # strftime once a second, not once a line
             self._second, self._stamp = second, time.strftime(self.datefmt or "%Y-%m-%d %H:%M:%S", time.localtime(second))
-        level = f"{record.levelname}:".ljust(9)
-        return (f'{self._stamp}.{int(record.msecs):03d} {record.name} {level} {client} {record.process} - '
+        msecs = int((created - second) * 1000)  # as logging.LogRecord computes it
+        return (f'{self._stamp}.{msecs:03d} {name} {f"{level}:".ljust(9)} {client} {process} - '
                 f'"{method} {path} HTTP/{version}" {status} {_PHRASES.get(status, "")}')
 
 
@@ -67,6 +77,12 @@ class BatchedStreamHandler(logging.StreamHandler):
     def flush_now(self) -> None:
         self._flushed, self._dirty = time.monotonic(), False
         super().flush()
+
+    def write_line(self, line: str) -> None:
+        """``line`` as ``emit`` would write a record's formatted text (under the handler's lock; flushed as above)."""
+        with self.lock:
+            self.stream.write(line + self.terminator)
+            self.flush()
 
     def close(self) -> None:
         # logging.shutdown flushes then closes each handler: nothing written may stay behind the interval.
@@ -92,3 +108,38 @@ def make_cheap() -> bool:
             access.handlers[i] = cheap
             return True
     return False
+
+
+class DirectAccessLogger:
+    """What uvicorn's protocol calls per request, ``access_logger.info(msg, client, method, path, version,
+    status)``, written straight through the cheap handler; the logger's level still decides (and ``disabled``).
+    Anything else uvicorn asks of its logger goes to the logger itself."""
+
+    def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler, formatter: AccessLineFormatter):
+        self.logger = logger
+        self.handler = handler
+        self.formatter = formatter
+        self.process = os.getpid()
+
+    def info(self, msg: str, *args: Any) -> None:
+        if not self.logger.isEnabledFor(logging.INFO) or self.handler.level > logging.INFO:
+            return
+        if len(args) != 5:  # not the access line: the logging machinery writes it
+            self.logger.info(msg, *args)
+            return
+        self.handler.write_line(self.formatter.line(args, time.time(), process=self.process))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)
+
+
+def direct_logger() -> DirectAccessLogger | None:
+    """A :class:`DirectAccessLogger` where ``make_cheap`` put its handler in and nothing else would see the
+    record (no other handler, no filter, no propagation to a parent); else None: keep the logging machinery."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    if len(access.handlers) != 1 or access.filters or access.propagate:
+        return None
+    handler = access.handlers[0]
+    if not isinstance(handler, BatchedStreamHandler) or handler.filters or not isinstance(handler.formatter, AccessLineFormatter):
+        return None
+    return DirectAccessLogger(access, handler, handler.formatter)

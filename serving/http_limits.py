@@ -25,6 +25,8 @@ from typing import ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving import access_log
+
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # Envoy's own default is 60 KiB: nothing the mesh forwards is refused
 DEFAULT_MAX_HEADERS = 100  # Envoy's default too
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -61,6 +63,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.access_logger = access_log.direct_logger() or self.access_logger  # the same line, written directly
         self._raw_header_bytes = self._header_bytes = self._header_count = 0
         self._headers_done = False
         self._refused = False
