@@ -19,9 +19,11 @@ writes off the request path); ``stop()``, which KServe calls when SIGTERM stops 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import secrets
 import tempfile
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,7 +163,7 @@ class ImageClassifier(Model):
         batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
         check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
         probs = await self.batcher.run(batch.pixels)
-        response_id = request.id or str(uuid.uuid4())
+        response_id = request.id or new_request_id()
         self._collect(batch, probs, response_id)  # recorded under the id the client gets back
         return InferResponse(
             response_id=response_id,
@@ -176,7 +178,26 @@ class ImageClassifier(Model):
         """Offer the answered request to the collector (samples and queues in microseconds; never raises)."""
         if self.collector is not None:
             # v1 carries no id: one is made up. Request headers (x-request-id included) are never recorded.
-            self.collector.offer(batch.pixels, probs, request_id or uuid.uuid4().hex, self.version, self.spec.class_names, batch.sent)
+            self.collector.offer(batch.pixels, probs, request_id or new_request_id(), self.version, self.spec.class_names, batch.sent)
+
+
+class _RequestIds:
+    """Ids for requests that came without one: a random 64-bit prefix per process, then a counter. Unique across
+    processes and replicas like a uuid4, at a fraction of its cost (uuid4 reads the OS's random source per call).
+    A forked child draws its own prefix."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix, self.counter = secrets.token_hex(8), itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}-{next(self.counter)}"
+
+
+new_request_id = _RequestIds()
 
 
 def load_summary(name: str, model_uri: str, manifest: dict[str, Any], digest: str) -> str:

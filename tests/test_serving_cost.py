@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import numpy as np
 import orjson
@@ -17,6 +18,7 @@ from uvicorn.logging import AccessFormatter
 from serving import access_log, protocol
 from serving.access_log import AccessLineFormatter, BatchedStreamHandler
 from serving.codec import ServingSpec, Tensor, decode_pixel_tensor, encode_v2
+from serving.model import new_request_id
 from serving.routes import plain_binary, plain_json
 
 SPEC = ServingSpec(1, 28, 28, tuple(str(i) for i in range(10)), 8)
@@ -178,3 +180,17 @@ def test_an_integer_beyond_64_bits_is_read_as_a_float_by_the_fast_path_and_refus
         decode_pixel_tensor(Tensor("images", "FP32", [1, 1, 1, 1], [1.2345678901234568e29]), ServingSpec(1, 1, 1, ("a",), 8))
     with pytest.raises(InvalidInput, match="non-numeric|object"):
         decode_pixel_tensor(Tensor("images", "FP32", [1, 1, 1, 1], [123456789012345678901234567890]), ServingSpec(1, 1, 1, ("a",), 8))
+
+
+def test_request_ids_are_unique_and_a_forked_process_draws_its_own_prefix():
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, through the pipe
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    assert child.split("-")[0] != ids[0].split("-")[0] and child.endswith("-1")  # its own prefix, its own count
