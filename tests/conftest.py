@@ -6,6 +6,7 @@ Everything is real and local: files in ``tmp_path`` folders, processes on 127.0.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from components.data.prepare import DatasetInfo
 from components.data.sample import write_sample
 from components.modelfile import MANIFEST_FILE, METRICS_FILE, ModelCard, build_manifest, save_model
 from components.nets import build_model
+from components.training.config import TrainConfig
+from components.training.local import launch_local
 from tests.azurite import azurite, store_uri  # noqa: F401  (the storage fixtures; pytest finds fixtures by name)
 from tests.helpers import prepare_at
 from tests.monitoring_data import held_out, pushed  # noqa: F401  (the monitoring fixtures, found by name)
@@ -36,6 +39,22 @@ def sample_uri(tmp_path_factory) -> str:
 def prepared(sample_uri, tmp_path_factory) -> DatasetInfo:
     # Small shards (6 for the training split), so every test that trains or evaluates streams several of them.
     return prepare_at(sample_uri, str(tmp_path_factory.mktemp("store")), seed=0, shard_bytes=200_000)
+
+
+def base_config(prepared: DatasetInfo, name: str, **overrides) -> TrainConfig:
+    """The training tests' run of the small CNN on the prepared digits: 2 epochs, 2 parameter servers, 2 workers."""
+    return TrainConfig(store_uri=prepared.store_uri, dataset_prefix=prepared.prefix, output_prefix=f"runs/{name}/model",
+                       epochs=2, num_ps=2, num_workers=2, **overrides)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(prepared) -> tuple[TrainConfig, str]:
+    """One training run with no faults, through the local launcher, and its ranks' output: a test of its own and the
+    fault tests' reference in tests/test_training_runs.py, and the trained model of the ONNX tests. Tests only read it."""
+    cfg = base_config(prepared, "uninterrupted")
+    out = io.StringIO()
+    launch_local(cfg, timeout_s=240, out=out)
+    return cfg, out.getvalue()
 
 
 def make_version_folder(folder: Path, seed: int = 0, card: ModelCard | None = None) -> Path:
@@ -57,6 +76,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports, for servers that start side by side: bound at once, so none repeats."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 SERVED_MODEL = "digits"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.deploy.local import read_state, server_environment, start, stop
+from components.deploy.local import _kill, read_state, server_environment, start, stop
 from tests.conftest import free_port
 
 GUARD_S = 600  # a guard against a hung run, not a performance expectation
@@ -130,3 +130,14 @@ def test_the_local_model_server_does_not_inherit_the_kubeflow_token(version_fold
     finally:
         stop(tmp_path / "serving")
     assert os.environ["KF_PIPELINES_TOKEN"] == "do-not-leak"  # only the child's environment was trimmed
+
+
+def test_stopping_a_process_group_this_process_leads_collects_its_leader() -> None:
+    """A server started and stopped by the same process (a local deploy that replaces its own server): the
+    stopped leader is collected, not left a zombie that keeps its group alive until the grace period ends."""
+    leader = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    _kill(leader.pid, grace_s=5)
+    with pytest.raises(ChildProcessError):  # nothing left to collect: _kill did
+        os.waitpid(leader.pid, os.WNOHANG)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(leader.pid, 0)

@@ -1,8 +1,8 @@
 """The ONNX runtime: each pushed version exported and parity-checked on the test split, the runtime a server
 picks, and the predictor answering the same through both runtimes over HTTP.
 
-The tests on a trained model train the small CNN briefly through the local launcher, as the training tests
-do; the others export seeded random networks, which the parity check treats no differently.
+The tests on a trained model use the small CNN the training tests train through the local launcher (the
+session's uninterrupted run); the others export seeded random networks, which the parity check treats no differently.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from components.runtimes import (
     onnx_session,
 )
 from components.store import Store, open_store
-from components.training.config import TrainConfig
-from components.training.local import launch_local
 from pipelines.registry_cli import main as registry_main
 from serving.client import infer_v2, model_metadata, predict_v1, v2_classes, v2_output
 from serving.model import ImageClassifier
@@ -69,12 +67,9 @@ def upload_version(store: Store, folder: Path, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(prepared: DatasetInfo) -> str:
-    """The store prefix of a small CNN trained for one epoch on the bundled digits (one server, one worker)."""
-    config = TrainConfig(store_uri=prepared.store_uri, dataset_prefix=prepared.prefix, output_prefix="runs/onnx/model",
-                         epochs=1, num_ps=1, num_workers=1)
-    launch_local(config, timeout_s=240, out=io.StringIO())
-    return config.output_prefix
+def trained(uninterrupted) -> str:
+    """The store prefix of a small CNN trained on the bundled digits (two epochs; the training tests' run)."""
+    return uninterrupted[0].output_prefix
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,8 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
     port = str(free_port())
     try:
         first = run_cli("run", "--local", "--workdir", str(tmp_path), "--param", "epochs=4", "--param", f"serving_port={port}",
-                        "--param", "accuracy_threshold=0.8", "--param", "collect_fraction=1.0")
+                        "--param", "accuracy_threshold=0.8", "--param", "collect_fraction=1.0",
+                        "--param", "profile_seconds=0.5")  # short levels: both runtimes are measured all the same
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "REST prediction    class" in first.stdout and f"http://127.0.0.1:{port}" in first.stdout
         assert_followable(first.stdout, tmp_path, epochs=4, port=port)
@@ -105,7 +106,8 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
         assert "registry version   digits v2 (rejected" in second.stdout  # its own version, not another run's
 
         # The server collected what it answered into the work dir's store: inverted digits read as drift, and
-        # the monitoring pipeline runs the training pipeline again (run --local), which registers version 3.
+        # the monitoring pipeline runs the training pipeline again (run --local), which registers version 3
+        # (one epoch, below the default threshold: rejected; no profile, as a rejected version is never served or sized).
         store = open_store(str(tmp_path / "store"))
         info = read_info(store, manifest["lineage"]["dataset_prefix"])
         pixels, _ = first_examples(store, info, "test", 200)
@@ -113,7 +115,7 @@ def test_whole_pipeline_trains_registers_deploys_and_then_gates_a_worse_candidat
             predict_v1(endpoint.url, "digits", (255 - pixels[start:start + 16]).astype(np.float32))
         monitored = run_cli("run", "--local", "--pipeline", "monitoring", "--workdir", str(tmp_path), "--param", "since=1h",
                             "--param", "retrain_on_drift=true", "--param",
-                            json.dumps({"epochs": 1, "serving_port": int(port), "profile_seconds": 0.5}).join(["retrain_params=", ""]))
+                            json.dumps({"epochs": 1, "serving_port": int(port), "profile_seconds": 0}).join(["retrain_params=", ""]))
         assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
         assert re.search(r"^drift-report +done in \S+: drift \(\d+ records\)$", monitored.stdout, re.M), monitored.stdout
         assert "start-training  done in" in monitored.stdout and registry.versions() == [1, 2, 3]

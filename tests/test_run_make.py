@@ -12,6 +12,7 @@ import pty
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from components.deploy.local import read_state, running_servers, start, stop
 from components.registry import Registry
 from components.store import open_store
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.test_registry import model_folder, push_metadata
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,14 @@ def test_stop_finds_the_servers_its_checkout_started_under_any_work_dir_and_only
                "start(sys.argv[1], 'digits', int(sys.argv[2]), Path(sys.argv[3]))")
     mine = tmp_path / "mine" / "serving"  # a server of this checkout: the other checkout's `make stop` leaves it
     try:
-        start(str(version_folder), "digits", free_port(), mine)
-        for state_dir in state_dirs:  # started from the other checkout (python -c runs the code of its folder)
-            subprocess.run([sys.executable, "-c", starter, str(version_folder), str(free_port()), str(state_dir)],
-                           cwd=other, check=True, timeout=GUARD_S)
+        my_port, *ports = free_ports(1 + len(state_dirs))
+        with ThreadPoolExecutor(len(state_dirs)) as pool:  # the three servers start side by side
+            # Started from the other checkout (python -c runs the code of its folder).
+            others = [pool.submit(subprocess.run, [sys.executable, "-c", starter, str(version_folder), str(port), str(state_dir)],
+                                  cwd=other, check=True, timeout=GUARD_S) for port, state_dir in zip(ports, state_dirs)]
+            start(str(version_folder), "digits", my_port, mine)
+            for started in others:
+                started.result()  # a starter that failed raises here
         pids = [read_state(d).pid for d in state_dirs]
         assert sorted(p for p, _ in running_servers(other)) == sorted(pids)
         result = make("stop", other, checkout=other)

@@ -29,14 +29,13 @@ from components.store import join_key
 from components.training.config import TrainConfig
 from components.training.local import launch_local
 from components.training.worker import HISTORY_FILE
+from tests.conftest import base_config
 from tests.helpers import load_split, prepare_at
 
 pytestmark = pytest.mark.slow
 
-
-def base_config(prepared, name: str, **overrides) -> TrainConfig:
-    return TrainConfig(store_uri=prepared.store_uri, dataset_prefix=prepared.prefix, output_prefix=f"runs/{name}/model",
-                       epochs=2, num_ps=2, num_workers=2, **overrides)
+# The fault tests' reference, the fixture ``uninterrupted`` (tests/conftest.py), is a run of ``base_config`` with no
+# faults, shared with the ONNX tests, which read its model.
 
 
 def accuracy_on_test_split(prepared, cfg: TrainConfig) -> float:
@@ -44,15 +43,6 @@ def accuracy_on_test_split(prepared, cfg: TrainConfig) -> float:
     images, labels = load_split(prepared, "test")
     logits = predict_logits(model, torch.from_numpy(images), card)
     return float((logits.argmax(1) == torch.from_numpy(labels)).float().mean())
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(prepared) -> tuple[TrainConfig, str]:
-    """One run with no faults: the reference for the fault tests (and a test of its own)."""
-    cfg = base_config(prepared, "uninterrupted")
-    out = io.StringIO()
-    launch_local(cfg, timeout_s=240, out=out)
-    return cfg, out.getvalue()
 
 
 def kill_after_first_checkpoint(cfg: TrainConfig, victim: str, killed: list[str]):

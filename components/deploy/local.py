@@ -198,15 +198,28 @@ def _kill(pid: int, grace_s: float = 10.0) -> None:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+        if _group_gone(pid):
             return
         time.sleep(0.1)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _group_gone(pid: int) -> bool:
+    """True once no process of the group ``pid`` leads is left. A leader that exited stays in its group as a zombie
+    until its parent collects it: where that parent is this process (a server started and stopped by the same
+    process), it is collected here, else stopping would wait out the whole grace period for an empty group."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not this process's child: its own parent (or init) collects it
+        pass
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _tail(path: str, lines: int = 20) -> str:
