@@ -19,14 +19,14 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
+from components.archs import ARCHITECTURES
 from components.errors import ModelFormatError
-from components.nets import ARCHITECTURES, build_model
 from components.presets import FIT
+
+if TYPE_CHECKING:  # the weights' two functions import torch when called: manifests and cards need no torch
+    import torch
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -125,6 +125,8 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def save_model(folder: Path, model: torch.nn.Module, card: ModelCard) -> None:
     """Write the weights and the card into ``folder``."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
@@ -140,6 +142,10 @@ def load_card(folder: Path) -> ModelCard:
 
 def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the network from ``model.json`` and load ``model.safetensors`` into it (eval mode)."""
+    from safetensors.torch import load_file
+
+    from components.nets import build_model
+
     card = load_card(folder)
     model = build_model(card.arch, card.in_channels, card.num_classes)
     try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-SMALL_CNN = "small_cnn"
-TORCHVISION_ARCHS = ("resnet18", "mobilenet_v3_small")
-ARCHITECTURES = (SMALL_CNN, *TORCHVISION_ARCHS)
+from components.archs import ARCHITECTURES, SMALL_CNN, TORCHVISION_ARCHS
+
+__all__ = ["ARCHITECTURES", "SMALL_CNN", "TORCHVISION_ARCHS", "build_model"]
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import ConflictError, ModelFormatError, NotFoundError, RegistryError, StoreError
-from components.evaluation.evaluate import REJECTED
+from components.evaluation import REJECTED
 from components.modelfile import (
     MANIFEST_FILE,
     SHA256_HEX,

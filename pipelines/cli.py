@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.errors import ProjectError
-from components.training.local import PROGRESS_TTY_ENV
+from components.training import PROGRESS_TTY_ENV
 from pipelines import catalog
 from pipelines.data_cli import add_data_commands
 from pipelines.monitor_cli import add_monitor_command

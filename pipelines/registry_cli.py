@@ -28,9 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from components.errors import ProjectError
-from components.export import summary as export_summary
 from components.modelfile import MANIFEST_FILE
-from components.profile import PROFILE_KEY, format_profile
 from components.registry import Registry, gate_verdict, validate_model_name, weights_sha256
 from components.store import open_store
 
@@ -109,6 +107,10 @@ KEY_TRAINING = ("arch", "epochs", "best_epoch", "batch_size", "optimizer", "lr",
 
 def describe_version(manifest: dict[str, Any], production: int | None, identical_to: int | None) -> list[str]:
     """``registry show``'s summary of one manifest: what a person checks before promoting or rolling back."""
+    # Here, not at the top: they import torch and KServe, which no other registry command (and not the CLI's start) needs.
+    from components.export import summary as export_summary
+    from components.profile import PROFILE_KEY, format_profile
+
     version = int(manifest["version"])
     metrics, lineage = manifest.get("metrics") or {}, manifest.get("lineage") or {}
     decision, reason = gate_verdict(manifest)

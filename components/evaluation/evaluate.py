@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.evaluation import ACCEPTED, REJECTED
 from components.evaluation.pictures import png_thumbnail
 from components.modelfile import ModelCard, load_model
 from components.predict import predict_logits
 
-ACCEPTED = "accepted"
-REJECTED = "rejected"
 MIN_CLASSES = 2  # one class scores 1.0 on its own test split and answers the same for every input
 CONFIDENCE_Z = 1.959964  # the normal quantile of a two-sided 95% interval
 MISTAKES_SHOWN = 24  # misclassified test images kept for the report

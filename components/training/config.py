@@ -13,7 +13,7 @@ import dataclasses
 import posixpath
 from dataclasses import dataclass
 
-from components.nets import ARCHITECTURES, SMALL_CNN
+from components.archs import ARCHITECTURES, SMALL_CNN
 from components.presets import AUGMENT_PRESETS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

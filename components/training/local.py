@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from components.errors import TrainingError
+from components.training import PROGRESS_TTY_ENV
 from components.training.config import TrainConfig, to_argv
 from components.training.worker import ps_name, worker_name
 
@@ -205,9 +206,6 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
         os.killpg(popen.pid, sig)
     except ProcessLookupError:
         pass
-
-
-PROGRESS_TTY_ENV = "KFP_PS_PROGRESS_TTY"
 
 
 class ProgressBar:
