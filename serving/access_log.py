@@ -115,10 +115,9 @@ class DirectAccessLogger:
     status)``, written straight through the cheap handler; the logger's level still decides (and ``disabled``).
     Anything else uvicorn asks of its logger goes to the logger itself."""
 
-    def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler, formatter: AccessLineFormatter):
+    def __init__(self, logger: logging.Logger, handler: BatchedStreamHandler):
         self.logger = logger
         self.handler = handler
-        self.formatter = formatter
         self.process = os.getpid()
 
     def info(self, msg: str, *args: Any) -> None:
@@ -127,7 +126,7 @@ class DirectAccessLogger:
         if len(args) != 5:  # not the access line: the logging machinery writes it
             self.logger.info(msg, *args)
             return
-        self.handler.write_line(self.formatter.line(args, time.time(), process=self.process))
+        self.handler.write_line(self.handler.formatter.line(args, time.time(), process=self.process))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.logger, name)
@@ -142,4 +141,4 @@ def direct_logger() -> DirectAccessLogger | None:
     handler = access.handlers[0]
     if not isinstance(handler, BatchedStreamHandler) or handler.filters or not isinstance(handler.formatter, AccessLineFormatter):
         return None
-    return DirectAccessLogger(access, handler, handler.formatter)
+    return DirectAccessLogger(access, handler)

@@ -103,7 +103,7 @@ def test_the_direct_access_logger_writes_the_line_the_logging_machinery_writes(m
     logger = logging.getLogger("test.direct-access")
     logger.setLevel(logging.INFO)
     handler = cheap_handler(direct)
-    writer = access_log.DirectAccessLogger(logger, handler, handler.formatter)
+    writer = access_log.DirectAccessLogger(logger, handler)
     writer.process = record.process
     writer.info(record.msg, *record.args)
     handler.close()
