@@ -240,9 +240,9 @@ class _PlainHeader(NamedTuple):
 
 
 def _plain_header(text: bytes) -> _PlainHeader | None:
-    """The header of the common request, built without pydantic's validation (``parse_infer_body`` on a 784-value body:
-    18 us through pydantic, 10 us here: benchmarks/request_path.py): an ``id`` string at most and inputs of exactly a string name, a shape of
-    integers, a string datatype, a ``data`` list and no parameters. Anything else (``parameters``, ``outputs``,
+    """The header of the common request, built without pydantic's validation (``parse_infer_body`` on a 784-value
+    body: 18 us through pydantic, 10 us here, ``benchmarks/request_path.py``): an ``id`` string at most and inputs
+    of exactly a string name, a shape of integers, a string datatype, a ``data`` list and no parameters. Anything else (``parameters``, ``outputs``,
     another type anywhere, JSON orjson refuses) is None: :func:`_validated_header` decides, as for every body
     before, so what is accepted and every error message are unchanged."""
     try:
