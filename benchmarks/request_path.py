@@ -40,11 +40,11 @@ def parse_rows(repeat: int) -> list[tuple[str, float, float]]:
     pixels = np.random.default_rng(1).integers(0, 256, 784).tolist()
     body = orjson.dumps({"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}]})
     fast = best_us(lambda: protocol.parse_infer_body(body, None, "bench"), 2000, repeat)
-    plain, protocol._plain_header = protocol._plain_header, lambda text: None  # pydantic decides every body
+    plain, protocol.plain_header = protocol.plain_header, lambda text: None  # pydantic decides every body
     try:
         slow = best_us(lambda: protocol.parse_infer_body(body, None, "bench"), 2000, repeat)
     finally:
-        protocol._plain_header = plain
+        protocol.plain_header = plain
     ids = best_us(new_request_id, 100_000, repeat), best_us(lambda: str(uuid.uuid4()), 100_000, repeat)
     return [("parse a v2 FP32 body (784 values)", fast, slow), ("request id", *ids)]
 

@@ -12,6 +12,10 @@ Prints one table per model from one run:
   processes: each has a core); for the first runtime and one process, the same rows with batching off;
 - one line per target of the issue (CPU per request, served/limit, p99, errors, N processes against one,
   onnx against torch at batch 1);
+- for the small CNN, the floor: the same server with the model's work taken out (``benchmarks/http_floor.py``:
+  the body read and a fixed answer; then also the body parsed and its pixels decoded), driven with the v2
+  request at the highest concurrency, and the highest served/limit(max) each floor leaves each runtime (from
+  this checkout's server only, not with ``--server-repo``);
 - with ``--collect``: the same highest-concurrency rows, batching on, with the server collecting every request
   and a tenth of them (``--collect-uri``, a local folder), against collection off from the same run.
 
@@ -113,6 +117,8 @@ class Setup:
 
 
 SMALL = Model("small_cnn 1x28x28", "small_cnn", 1, 28)
+# benchmarks/http_floor.py's modes: the server with the model's work taken out.
+FLOOR_MODES = {"http": "body read, fixed answer (HTTP only)", "parse": "body read, parsed and its pixels decoded, fixed answer"}
 RESNET = Model("resnet18 3x224x224", "resnet18", 3, 224)
 
 
@@ -293,11 +299,12 @@ def server_source(server_repo: Path) -> str:
 
 
 def start_server(folder: Path, setup: Setup, args: argparse.Namespace, log: Path,
-                 collect: tuple[Path, float] | None = None) -> tuple[subprocess.Popen, str]:
+                 collect: tuple[Path, float] | None = None, entry: tuple[str, ...] = ("-m", "serving")) -> tuple[subprocess.Popen, str]:
+    """``entry``: what runs the server, with the options after it (``benchmarks/http_floor.py MODE``: the floor)."""
     port = free_port()
     options = [word for option in server_options(folder, setup, args, port, collect) if option[0] in args.server_flags
                for word in option]
-    command = [*taskset(placement(args.pin, setup.processes).server), sys.executable, "-m", "serving", *options]
+    command = [*taskset(placement(args.pin, setup.processes).server), sys.executable, *entry, *options]
     with open(log, "wb") as output:
         proc = subprocess.Popen(command, cwd=args.server_repo, stdout=output, stderr=subprocess.STDOUT, env=server_env(args.server_repo))
     url = f"http://127.0.0.1:{port}"
@@ -465,6 +472,7 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
     for setup in setups(runtimes, args):
         results.update(serve_rows(folder, setup, kinds, args, scratch))
     collected = collection_rows(folder, Setup(runtimes[0], 1), kinds, args, scratch) if args.collect else {}
+    floors = floor_rows(folder, Setup(runtimes[0], 1), kinds, args, scratch) if model.arch == SMALL.arch and args.server_repo == REPO else {}
     lines = [*skipped, *(f"{model.title}, {r}: limit (in-process forward, one core) batch 1: {b1:,.0f} img/s, "
                          f"batch {args.max_batch_size}: {bmax:,.0f} img/s" for r, (b1, bmax) in limits.items()),
              "| request | runtime | processes | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
@@ -476,9 +484,46 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
         label = f"{name}, collect {'off' if fraction == COLLECT_OFF else f'{fraction:g}'} (median of {args.collect_rounds})"
         lines.append(row(label, Setup(runtimes[0], 1), args.concurrency[-1], r, limits[runtimes[0]], 1))
     lines += verdicts(model, kinds, results, limits, args)
+    lines += floor_lines(floors, limits, args)
     lines += [collection_verdict(name, fraction, r, collected[name, COLLECT_OFF])
               for (name, fraction), r in collected.items() if fraction != COLLECT_OFF]
     return lines
+
+
+def floor_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict[str, dict]:
+    """The v2 request at the highest concurrency against the server with the model's work taken out
+    (``benchmarks/http_floor.py``): reading the body only (``http``), and also parsing it and decoding its pixels
+    (``parse``)."""
+    index, kind = next((i, k) for i, k in enumerate(kinds) if k.path.startswith("/v2/"))
+    results = {}
+    for mode in FLOOR_MODES:
+        entry = (str(Path(__file__).with_name("http_floor.py")), mode)
+        proc, url = start_server(folder, setup, args, scratch / f"{folder.name}-floor-{mode}.log", entry=entry)
+        try:
+            results[mode] = run_load(proc, url, kind.path, scratch / f"{folder.name}-{index}.json", args.concurrency[-1], args,
+                                     placement(args.pin).load)
+        finally:
+            stop_server(proc)
+    return results
+
+
+def floor_lines(floors: dict[str, dict], limits: dict, args: argparse.Namespace) -> list[str]:
+    """The floors, and the highest served/limit(max) each leaves a one-core server of each runtime: the forward
+    pass's time per image at the maximum batch over that time plus the floor's CPU per request."""
+    lines = []
+    for mode, r in floors.items():
+        what = FLOOR_MODES[mode]
+        ceilings = ", ".join(f"{runtime} {ceiling(limit_max, r['cpu_ms']):.2f}" for runtime, (_, limit_max) in limits.items())
+        lines.append(f"floor, v2 FP32, 1 process, concurrency {args.concurrency[-1]}: {what}: {r['rps']:,.0f} req/s, "
+                     f"server CPU {r['cpu_ms']:.3f} ms/req, errors {r['errors']}; served/limit(max) can be at most {ceilings}")
+    return lines
+
+
+def ceiling(limit_max: float, floor_cpu_ms: float) -> float:
+    """served/limit(max) of a one-core server that spends ``floor_cpu_ms`` per request besides a forward pass at
+    ``limit_max`` images/s: (1 / (t_forward + t_floor)) / (1 / t_forward)."""
+    forward_ms = 1000 / limit_max
+    return forward_ms / (forward_ms + floor_cpu_ms)
 
 
 def setups(runtimes: list[str], args: argparse.Namespace) -> list[Setup]:

@@ -24,7 +24,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -337,7 +337,21 @@ def encode_v1(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> dict[s
     return {"predictions": predictions}
 
 
+class Output(NamedTuple):
+    """One v2 output as the answer carries it: ``data`` a flat list."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list
+
+
 def encode_v2(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[InferOutput]:
+    """The v2 outputs (:func:`v2_outputs`) as KServe's ``InferOutput``\\s."""
+    return [InferOutput(o.name, o.shape, o.datatype, data=o.data) for o in v2_outputs(probs, spec, top_k)]
+
+
+def v2_outputs(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[Output]:
     """The v2 outputs: ``probabilities``, ``class`` and ``label``, plus ``top_k_*`` when asked for."""
     classes = probs.argmax(axis=1).astype(np.int64)
     outputs = [
@@ -352,11 +366,11 @@ def encode_v2(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[I
     return outputs
 
 
-def _output(name: str, array: np.ndarray, datatype: str) -> InferOutput:
+def _output(name: str, array: np.ndarray, datatype: str) -> Output:
     # Data as a flat list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
     # (binary) inputs; REST, JSON or binary, takes either. tolist() builds in C the list that
     # set_data_from_numpy(binary_data=False) builds one .item() at a time.
-    return InferOutput(name, list(array.shape), datatype, data=array.ravel().tolist())
+    return Output(name, list(array.shape), datatype, array.ravel().tolist())
 
 
 def output_types(spec: ServingSpec) -> list[dict[str, Any]]:

@@ -24,14 +24,17 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from kserve import InferInput, InferRequest, InferResponse, Model
+from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME, get_labels
 from kserve.protocol.infer_type import to_http_parameters
 
 from components.imagefile import MAX_IMAGE_PIXELS
@@ -52,9 +55,10 @@ from serving.codec import (
     has_encoded_images,
     input_types,
     output_types,
+    v2_outputs,
 )
 from serving.collect import Collector
-from serving.protocol import binary_values
+from serving.protocol import PlainHeader, binary_values
 
 logger = logging.getLogger(__name__)
 DEFAULT_MAX_INSTANCES = 64
@@ -82,6 +86,7 @@ class ImageClassifier(Model):
         self.batcher: Batcher | None = None
         self.manifest: dict[str, Any] = {}
         self.collector = collector  # None: collection off
+        self._stage_seconds = StageSeconds.bound(name)
 
     def load(self) -> bool:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,6 +147,29 @@ class ImageClassifier(Model):
             response_headers[VERSION_HEADER] = self.version
         if isinstance(payload, InferRequest):
             return await self._infer_v2(payload)
+        return await self._predict_v1(payload)
+
+    async def answer_direct(self, request: dict | PlainHeader) -> tuple[dict, dict[str, str]]:
+        """The answer and response headers for a plain request, as ``predict`` through KServe's ``DataPlane.infer``
+        and ``Model.__call__`` gives them, without that machinery (:mod:`serving.routes` calls this for a v1 body
+        and for a v2 JSON body of the usual shape): the same decoding, batcher, collection and outputs, no
+        ``InferRequest``/``InferResponse`` objects. KServe's three stage histograms are observed as
+        ``Model.__call__`` observes them: this model's pre- and postprocessing are the identity (decoding and
+        encoding are part of predict on both paths), so those two observe 0; a refused request counts in the first
+        two, as there."""
+        self._stage_seconds.preprocess.observe(0.0)
+        started = time.perf_counter()
+        try:
+            if isinstance(request, PlainHeader):
+                answer = await self._infer_plain(request)
+            else:
+                answer = await self._predict_v1(request)
+        finally:
+            self._stage_seconds.predict.observe(time.perf_counter() - started)
+        self._stage_seconds.postprocess.observe(0.0)
+        return answer, ({} if self.version is None else {VERSION_HEADER: self.version})
+
+    async def _predict_v1(self, payload: Any) -> dict:
         batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
         probs = await self.batcher.run(batch.pixels)
         self._collect(batch, probs, None)
@@ -174,11 +202,37 @@ class ImageClassifier(Model):
             requested_outputs=request.request_outputs,
         )
 
+    async def _infer_plain(self, request: PlainHeader) -> dict:
+        """``_infer_v2`` for a plain JSON request (no parameters, no requested outputs): the v2 answer as a dict,
+        field for field what :func:`serving.routes.plain_json` makes of ``_infer_v2``'s ``InferResponse``."""
+        # KServe's InferInput upper-cases the datatype: so does this path.
+        tensors = [Tensor(t.name, t.datatype.upper(), t.shape, t.data) for t in request.inputs]
+        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, None, self.spec)
+        probs = await self.batcher.run(batch.pixels)
+        response_id = request.id or new_request_id()
+        self._collect(batch, probs, response_id)
+        outputs = [o._asdict() for o in v2_outputs(probs, self.spec, batch.top_k)]
+        return {"id": response_id, "model_name": self.name, "model_version": self.version, "outputs": outputs}
+
     def _collect(self, batch: Batch, probs: np.ndarray, request_id: str | None) -> None:
         """Offer the answered request to the collector (samples and queues in microseconds; never raises)."""
         if self.collector is not None:
             # v1 carries no id: one is made up. Request headers (x-request-id included) are never recorded.
             self.collector.offer(batch.pixels, probs, request_id or new_request_id(), self.version, self.spec.class_names, batch.sent)
+
+
+@dataclass(frozen=True)
+class StageSeconds:
+    """KServe's per-stage latency histograms (``request_preprocess_seconds`` …), bound to one model's label once."""
+
+    preprocess: Any
+    predict: Any
+    postprocess: Any
+
+    @classmethod
+    def bound(cls, model_name: str) -> StageSeconds:
+        labels = get_labels(model_name)
+        return cls(PRE_HIST_TIME.labels(**labels), PREDICT_HIST_TIME.labels(**labels), POST_HIST_TIME.labels(**labels))
 
 
 class _RequestIds:

@@ -201,7 +201,7 @@ def parse_infer_body(body: bytes, json_length: str | None, model_name: str) -> I
     """A v2 request body: a JSON header, then the binary data of the inputs that declare
     ``binary_data_size``. Without an ``Inference-Header-Content-Length`` the body is all JSON."""
     length = _json_length(json_length, len(body))
-    header = _plain_header(body[:length]) or _validated_header(body[:length])
+    header = plain_header(body[:length]) or _validated_header(body[:length])
     inputs, offset = [], length
     for item in header.inputs:
         data, offset = _input_data(item, body, offset)
@@ -222,7 +222,7 @@ def _validated_header(text: bytes) -> _Header:
 _PLAIN_INPUT_KEYS = {"name", "shape", "datatype", "data"}
 
 
-class _PlainInput(NamedTuple):
+class PlainInput(NamedTuple):
     """An input as :class:`_Input` has it, for the common request (a tuple: a tenth of ``model_construct``'s cost)."""
 
     name: str
@@ -232,14 +232,14 @@ class _PlainInput(NamedTuple):
     parameters: None = None
 
 
-class _PlainHeader(NamedTuple):
+class PlainHeader(NamedTuple):
     id: str | None
-    inputs: list[_PlainInput]
+    inputs: list[PlainInput]
     parameters: None = None
     outputs: None = None
 
 
-def _plain_header(text: bytes) -> _PlainHeader | None:
+def plain_header(text: bytes) -> PlainHeader | None:
     """The header of the common request, built without pydantic's validation (``parse_infer_body`` on a 784-value
     body: 18 us through pydantic, 10 us here, ``benchmarks/request_path.py``): an ``id`` string at most and inputs
     of exactly a string name, a shape of integers, a string datatype, a ``data`` list and no parameters. Anything else (``parameters``, ``outputs``,
@@ -254,7 +254,7 @@ def _plain_header(text: bytes) -> _PlainHeader | None:
     inputs = parsed.get("inputs")
     if not isinstance(inputs, list) or not all(_plain_input(item) for item in inputs):
         return None
-    return _PlainHeader(parsed.get("id"), [_PlainInput(i["name"], i["shape"], i["datatype"], i["data"]) for i in inputs])
+    return PlainHeader(parsed.get("id"), [PlainInput(i["name"], i["shape"], i["datatype"], i["data"]) for i in inputs])
 
 
 def _plain_input(item: Any) -> bool:
@@ -271,7 +271,7 @@ def _json_length(value: str | None, body_length: int) -> int:
     return int(value)
 
 
-def _input_data(item: _Input | _PlainInput, body: bytes, offset: int) -> tuple[Any, int]:
+def _input_data(item: _Input | PlainInput, body: bytes, offset: int) -> tuple[Any, int]:
     """The input's values (JSON ``data`` or its slice of the binary part) and the next offset."""
     if item.data is not None:
         return item.data, offset

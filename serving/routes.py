@@ -27,7 +27,7 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from serving import protocol
 from serving.http_limits import is_byte_count
 
 JSON = "application/json"
@@ -48,6 +49,15 @@ BYTES = "BYTES"
 _NUMERIC = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4"}
 _V1 = re.compile(r"/v1/models/([^/]+):predict")
 _V2 = re.compile(r"/v2/models/([^/]+)/infer")
+
+
+class DirectModel(Protocol):
+    """A model that answers plain requests itself (:meth:`serving.model.ImageClassifier.answer_direct`)."""
+
+    ready: bool
+    enable_latency_logging: bool
+
+    async def answer_direct(self, request: dict | protocol.PlainHeader) -> tuple[dict, dict[str, str]]: ...
 
 
 class InferenceRoutes:
@@ -66,18 +76,37 @@ class InferenceRoutes:
 
     async def answer_v1(self, model_name: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str], str]:
         """The v1 answer's body, headers and media type."""
-        await self._check_ready(model_name)
+        direct = self._direct_model(model_name, headers)
+        if direct is None:
+            await self._check_ready(model_name)
         try:
             payload, attributes = self.dataplane.decode(body=body, headers=headers)
         except InvalidInput as exc:  # the data plane raises it only for a body that does not parse
             raise InvalidInput(f"expected a JSON body, found invalid JSON ({exc})") from None
+        if direct is not None and not attributes and isinstance(payload, dict) and isinstance(payload.get("instances"), list):
+            answer, response_headers = await direct.answer_direct(payload)
+            return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), response_headers, JSON
         return await self._answer(model_name, payload, headers, attributes)
 
     async def answer_v2(self, model_name: str, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str], str]:
+        direct = self._direct_model(model_name, headers)
+        plain = protocol.plain_header(body) if direct is not None and INFERENCE_CONTENT_LENGTH_HEADER not in headers else None
+        if plain is not None:
+            answer, response_headers = await direct.answer_direct(plain)
+            return orjson.dumps(answer), response_headers, JSON
         await self._check_ready(model_name)
         # Bytes go to the data plane's decode_inference_request: serving.protocol.parse_infer_body.
         payload, _ = self.dataplane.decode(body, headers, PredictorProtocol.REST_V2.value, model_name)
         return await self._answer(model_name, payload, headers, {})
+
+    def _direct_model(self, model_name: str, headers: dict[str, str]) -> DirectModel | None:
+        """The model to answer this request directly (:meth:`DirectModel.answer_direct`), or None where KServe's
+        data plane must: an unknown or not-ready model (its 404/503), a model that does not offer it, KServe's
+        per-request latency log line (``--enable_latency_logging``, written by ``Model.__call__``), CloudEvents."""
+        model = self.dataplane.model_registry.get_model(model_name)
+        if not hasattr(model, "answer_direct") or not model.ready or model.enable_latency_logging or _cloudevent(headers):
+            return None
+        return model
 
     async def _check_ready(self, model_name: str) -> None:
         # Raises ModelNotFound (404) for a name this server does not serve.

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 import json
 import uuid
 
 import numpy as np
+import orjson
 import requests
 from fastapi import FastAPI
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+from PIL import Image
+from prometheus_client import REGISTRY
 from starlette.routing import Match
 
 from serving import routes
+from serving.batching import Batcher
+from serving.model import ImageClassifier
+from serving.protocol import ValidatingDataPlane
 from tests.conftest import SERVED_MODEL as MODEL
 
 
@@ -84,3 +93,114 @@ def test_client_errors_are_one_warning_line_in_the_server_log(predictor, served_
     assert len(lines) == 2, lines
     assert all("WARNING" in line and "refused a request" in line for line in lines), lines
     assert "Traceback" not in log
+
+
+# -- the direct path: answered without KServe's data plane, as the data plane answers ---------------------------
+
+
+def _pixels(count: int = 1, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 256, count * 784).tolist()
+
+
+def _png_base64() -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8), "L").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _v2(data: list, shape: list, **fields) -> dict:
+    return {**fields, "inputs": [{"name": "images", "shape": shape, "datatype": fields.pop("datatype", "FP32"), "data": data}]}
+
+
+V2_BODIES = [
+    _v2(_pixels(), [1, 1, 28, 28], id="r-1"),
+    _v2(_pixels(2), [2, 1, 28, 28]),  # no id: each path makes one up
+    {"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "fp32", "data": _pixels()}]},  # KServe upper-cases it
+    {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [_png_base64()]}]},
+    _v2(_pixels(), [1, 1, 28, 28], parameters={"top_k": 3}),  # not plain: the data plane on both
+    _v2([300] * 784, [1, 1, 28, 28]),
+    _v2([True] * 784, [1, 1, 28, 28]),
+    _v2(["1"] * 784, [1, 1, 28, 28]),
+    _v2(_pixels(), [1, 28, 28]),
+    {"inputs": [{"name": "pixels", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": _pixels()}]},
+    {"inputs": []},
+    {"inputs": [{"name": "images", "shape": [1, 1, 28, 28], "datatype": "INT8", "data": _pixels()}]},
+]
+V1_BODIES = [
+    {"instances": [np.reshape(_pixels(), (28, 28)).tolist()]},
+    {"instances": [{"b64": _png_base64()}], "parameters": {"top_k": 2}},
+    {"instances": [[[300] * 28] * 28]},
+    {"instances": [[[0] * 27] * 28]},
+    {"instances": "not a list"},  # not plain: the data plane on both
+    {"instances": []},
+    [1, 2, 3],
+]
+
+
+def _answers(routes_: routes.InferenceRoutes, bodies: list[tuple[str, bytes]]) -> list[tuple]:
+    """What the routes answer for each body, in one event loop (the batcher's)."""
+
+    async def answer_all() -> list[tuple]:
+        return [await _answer(routes_, version, body) for version, body in bodies]
+
+    return asyncio.run(answer_all())
+
+
+async def _answer(routes_: routes.InferenceRoutes, protocol_version: str, body: bytes) -> tuple:
+    """What the route answers for ``body``: the body (a made-up id blanked), headers and media type, or the error."""
+    answer = routes_.answer_v2 if protocol_version == "v2" else routes_.answer_v1
+    try:
+        content, headers, media_type = await answer(MODEL, body, {"content-type": "application/json"})
+    except Exception as exc:  # noqa: BLE001 - the error is the outcome compared
+        return type(exc).__name__, str(exc)
+    parsed = json.loads(content)
+    if isinstance(parsed, dict) and parsed.get("id", "r-1") != "r-1":
+        parsed["id"] = "made up"
+    return parsed, headers, media_type
+
+
+def _stage_counts() -> list[float]:
+    return [REGISTRY.get_sample_value(f"request_{stage}_seconds_count", {"model_name": MODEL}) or 0.0
+            for stage in ("preprocess", "predict", "postprocess")]
+
+
+def test_the_direct_path_answers_every_request_as_kserves_data_plane_does(served_version, monkeypatch):
+    """InferenceRoutes answers plain requests through ImageClassifier.answer_direct: each body here gets the same
+    answer (or the same error) with it and through KServe's DataPlane.infer and Model.__call__, and the same
+    stage histograms count it."""
+    model = ImageClassifier(MODEL, str(served_version), threads=1)
+    model.load()
+    repository = ModelRepository()
+    repository.update(model)
+    routes_ = routes.InferenceRoutes(ValidatingDataPlane(model_registry=repository))
+    bodies = [("v2", orjson.dumps(b)) for b in V2_BODIES] + [("v1", orjson.dumps(b)) for b in V1_BODIES]
+    before = _stage_counts()
+    direct = _answers(routes_, bodies)
+    counted = [after - b for after, b in zip(_stage_counts(), before, strict=True)]
+    monkeypatch.setattr(routes.InferenceRoutes, "_direct_model", lambda self, name, headers: None)
+    model.batcher = Batcher(model.forward, model.batching, MODEL)  # the first one is bound to the first loop
+    before = _stage_counts()
+    assert _answers(routes_, bodies) == direct
+    assert [after - b for after, b in zip(_stage_counts(), before, strict=True)] == counted
+    answered = [a for a in direct if len(a) == 3]
+    assert len(answered) == 7 and all(a[1] == {"x-model-version": "1"} for a in answered)
+    assert counted[2] == 7 and counted[0] == counted[1] > 7  # postprocess: the answered; the others: refusals too
+    assert {a[0] for a in direct if len(a) == 2} == {"InvalidInput"}  # and the refusals are refusals
+    model.stop()
+
+
+def test_the_direct_path_is_not_taken_where_kserves_data_plane_must_answer(served_version):
+    model = ImageClassifier(MODEL, str(served_version), threads=1)
+    repository = ModelRepository()
+    repository.update(model)
+    routes_ = routes.InferenceRoutes(ValidatingDataPlane(model_registry=repository))
+    json_headers = {"content-type": "application/json"}
+    assert routes_._direct_model(MODEL, json_headers) is None  # not loaded: not ready (KServe answers 503)
+    model.load()
+    assert routes_._direct_model(MODEL, json_headers) is model
+    assert routes_._direct_model("nosuch", json_headers) is None  # KServe answers 404
+    assert routes_._direct_model(MODEL, {"ce-id": "1", **json_headers}) is None  # a binary CloudEvent
+    assert routes_._direct_model(MODEL, {"content-type": "application/cloudevents+json"}) is None
+    model.enable_latency_logging = True  # Model.__call__ writes the latency line
+    assert routes_._direct_model(MODEL, json_headers) is None
+    model.stop()

@@ -164,12 +164,12 @@ HUGE = b'{"inputs": [{"name": "images", "shape": [1], "datatype": "FP32", "data"
 
 
 def test_the_v2_header_fast_path_accepts_and_refuses_exactly_what_pydantics_validation_does(monkeypatch):
-    """protocol._plain_header skips pydantic for the common request: every body here has the same outcome, the
+    """protocol.plain_header skips pydantic for the common request: every body here has the same outcome, the
     same request or the same error message, with it and without it."""
     bodies = [orjson.dumps(b) for b in BODIES] + RAW_BODIES
     fast = [_outcome(body) for body in bodies]
-    assert protocol._plain_header(bodies[0]) is not None and protocol._plain_header(bodies[3]) is None  # both paths are taken
-    monkeypatch.setattr(protocol, "_plain_header", lambda text: None)
+    assert protocol.plain_header(bodies[0]) is not None and protocol.plain_header(bodies[3]) is None  # both paths are taken
+    monkeypatch.setattr(protocol, "plain_header", lambda text: None)
     assert [_outcome(body) for body in bodies] == fast
     assert fast[0].startswith("accepted") and fast[4].startswith("refused")  # not all alike: the comparison can tell them apart
 
