@@ -6,7 +6,8 @@ the version's parity-checked ONNX export under onnxruntime), runs one forward pa
 ``ready``. ``predict()``
 decodes the request (:mod:`serving.codec`), runs the forward pass through the batcher
 (:mod:`serving.batching`, off the event loop) and answers v1 with a dict and v2 with an
-``InferResponse``. Bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400).
+``InferResponse``. Bad input raises :class:`kserve.errors.InvalidInput` (HTTP 400). ``answer_direct()`` is
+the same for a plain request, called by :mod:`serving.routes` without KServe's data plane in between.
 
 The registry version it serves (``version`` in ``MANIFEST.json``, which the registry writes once and a
 pinned URI fixes) is on every inference answer: the :data:`VERSION_HEADER` header (v1 and v2) and the v2
