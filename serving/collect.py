@@ -3,9 +3,11 @@
 :meth:`Collector.offer` is called on the request path once the probabilities are known. It only samples
 and appends one item per image to a bounded queue (microseconds, never blocks, never raises); when the
 queue is full (``queue_size`` records, or ``max_queued_bytes`` of pixels) the images are dropped and
-counted. A writer thread wakes every ``flush_interval_s``, or as soon as ``batch_records`` records wait,
-and drains the queue in batches of at most ``batch_records``: it computes the per-image statistics
-(:func:`components.monitoring.stats.image_stats`), and writes each batch as a new JSON-lines object,
+counted. Each time a slice of records (``WRITE_SLICE``) is queued, the event loop turns it into JSON lines
+between two rounds of its other work: the per-image statistics
+(:func:`components.monitoring.stats.image_stats`) and one line per record. A writer thread wakes every
+``flush_interval_s``, or as soon as ``batch_records`` records wait, formats what is left over (fewer than a
+slice, or records offered outside an event loop), and writes everything formatted as new JSON-lines objects,
 never rewritten::
 
     collected/MODEL/date=YYYY-MM-DD/hour=HH/WRITER-SEQ.jsonl          one record per image (RECORD_FIELDS)
@@ -21,7 +23,9 @@ like as sent (size and mode, or a tensor's shape), and the answer.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import logging
 import os
 import random
@@ -55,12 +59,12 @@ DEFAULT_QUEUE_SIZE = 10_000  # records; each holds one preprocessed image until 
 DEFAULT_MAX_QUEUED_BYTES = 256 * 2**20
 DEFAULT_BATCH_RECORDS = 1_000
 DEFAULT_FLUSH_INTERVAL_S = 1.0
-WRITE_SLICE = 50  # records turned into JSON lines between two hand-overs of the GIL (a few hundred microseconds)
-# This thread shares the server's core and GIL with the event loop: while it works, requests wait. So it works
-# at most WRITE_DUTY of the time: after each slice it sleeps for (1/WRITE_DUTY - 1) times the CPU the slice took
-# (and at least WRITE_PAUSE_S), and a second's records are written over some tens of milliseconds, never in one
-# burst that every request answered meanwhile waits behind (p99). Not while the queue is half full or the
-# collector is closing: then writing fast matters more than spreading the work.
+WRITE_SLICE = 50  # records turned into JSON lines at a time (a few hundred microseconds)
+# The writer thread formats only what the event loop left over, but it shares the server's core and GIL with the
+# loop: while it works, requests wait. So it works at most WRITE_DUTY of the time: after each slice it sleeps for
+# (1/WRITE_DUTY - 1) times the CPU the slice took (and at least WRITE_PAUSE_S), and a second's records are written
+# over some tens of milliseconds, never in one burst that every request answered meanwhile waits behind (p99). Not
+# while the queue is half full or the collector is closing: then writing fast matters more than spreading the work.
 WRITE_DUTY = 0.05
 WRITE_PAUSE_S = 0.002
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
@@ -116,6 +120,16 @@ class _Item:
     sent: dict[str, Any] | None
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """Records turned into JSON lines, waiting for the writer thread: one partition's, with the images to save."""
+
+    partition: str
+    lines: bytes
+    count: int
+    images: list[tuple[str, np.ndarray]]  # (key, float32 [C,H,W] pixels) of the records that save their image
+
+
 def writer_id() -> str:
     """Unique per process: two replicas (or a restarted one) never write the same key."""
     host = _SAFE_ID.sub("_", socket.gethostname())[:40] or "host"
@@ -139,6 +153,13 @@ class Collector:
         # which then takes the GIL from the event loop once per request (measured: the largest collection cost
         # under load). Here the request path wakes the writer once per batch_records records at most.
         self._pending: deque[_Item] = deque()
+        # Full slices are turned into lines on the event loop (offer() schedules it): no second thread takes the
+        # GIL from the loop for that work. The writer thread formats what is left over (fewer than a slice at a
+        # flush, offers made outside an event loop, close), and does every store write.
+        self._chunks: deque[_Chunk] = deque()
+        self._chunk_records = 0  # records in _chunks, under _lock: the writer is woken early when they are many
+        self._format_scheduled = False
+        self._chunk_ids = itertools.count(1)
         self._wake = threading.Event()
         self._seq = 0
         self._root_ready = False
@@ -182,7 +203,28 @@ class Collector:
                 self._count_dropped(len(pixels) - index)
                 return
             self._pending.append(item)  # deque.append is atomic: no lock shared with the writer
+        if len(self._pending) >= WRITE_SLICE and not self._format_scheduled:
+            self._schedule_format()
         if len(self._pending) >= self.options.batch_records and not self._wake.is_set():
+            self._wake.set()
+
+    def _schedule_format(self) -> None:
+        # asyncio's exported non-raising lookup: None outside an event loop, and then the writer thread formats.
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return
+        self._format_scheduled = True
+        loop.call_soon(self._format_on_loop)
+
+    def _format_on_loop(self) -> None:
+        """One slice of records turned into lines, between two rounds of the event loop's other work."""
+        self._format_scheduled = False
+        if self._closed:  # the writer's last drain takes what is queued
+            return
+        self._add_chunks(self._take(WRITE_SLICE))
+        if len(self._pending) >= WRITE_SLICE:
+            self._schedule_format()
+        if self._chunk_records >= self.options.batch_records and not self._wake.is_set():
             self._wake.set()
 
     def _reserve(self, nbytes: int) -> bool:
@@ -209,12 +251,13 @@ class Collector:
         if self._thread.is_alive():
             # The store still holds one batch's write; what waits behind it is given up on now (and taken off the
             # queue, so a store that wakes up later cannot write records already counted as lost).
-            lost = len(self._take(self.options.queue_size))
+            lost = len(self._take(self.options.queue_size)) + sum(chunk.count for chunk in self._take_chunks())
             self._count_dropped(lost)
             logger.warning("collection: the store did not take the last records within %.0f s; %d queued records are lost", timeout_s, lost)
         else:
-            # An offer that passed its closed check as close() began can land after the writer's last drain.
-            self._count_dropped(len(self._take(self.options.queue_size)))
+            # An offer that passed its closed check as close() began can land after the writer's last drain (and, with
+            # close() called off the event loop, a slice the loop was formatting meanwhile).
+            self._count_dropped(len(self._take(self.options.queue_size)) + sum(chunk.count for chunk in self._take_chunks()))
         logger.info("collection stopped: %d records written, %d dropped", self.written, self.dropped)
 
     # -- the writer thread ----------------------------------------------------------------------------------
@@ -225,7 +268,9 @@ class Collector:
             self._wake.clear()
             stopping = self._closed  # read before draining: everything offered before close() is in this drain
             while batch := self._take(self.options.batch_records):
-                self._write_batch(batch)
+                self._add_chunks(batch, paced=True)
+                self._write_chunks()
+            self._write_chunks()  # what the event loop formatted
             if stopping:
                 return
 
@@ -239,36 +284,68 @@ class Collector:
                 break
         return batch
 
-    def _write_batch(self, batch: list[_Item]) -> None:
-        try:
-            self._write_partitions(batch)
-        finally:
-            self._release(sum(item.pixels.nbytes for item in batch))
-
-    def _write_partitions(self, batch: list[_Item]) -> None:
-        # Records are partitioned by the hour they were answered in: a batch that spans an hour is two objects.
-        for partition, items in _by_partition(batch).items():
+    def _take_chunks(self) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
+        while True:
             try:
-                self._write_partition(partition, items)
-            except Exception as exc:  # any store failure: these records are lost, the writer goes on
-                self._count_dropped(len(items))
-                logger.warning("collection: dropped %d records, the store did not take them: %s", len(items), _one_line(exc))
-            else:
-                self.written += len(items)
-                RECORDS_WRITTEN.labels(self.model).inc(len(items))
+                chunks.append(self._chunks.popleft())
+            except IndexError:
+                break
+        with self._lock:
+            self._chunk_records -= sum(chunk.count for chunk in chunks)
+        return chunks
 
-    def _write_partition(self, partition: str, items: list[_Item]) -> None:
+    def _add_chunks(self, items: list[_Item], paced: bool = False) -> None:
+        """``items`` turned into JSON lines, a slice per chunk, queued for the writer; their pixels are released
+        (those of the images to save travel on with the chunk). ``paced``: on the writer thread, see WRITE_DUTY.
+        Never raises: records that cannot be formatted are lost and counted."""
+        done = 0
+        try:
+            for partition, group in _by_partition(items).items():
+                for start in range(0, len(group), WRITE_SLICE):
+                    began = time.thread_time()
+                    chunk = self._chunk(partition, group[start : start + WRITE_SLICE])
+                    self._chunks.append(chunk)
+                    with self._lock:
+                        self._chunk_records += chunk.count
+                    done += chunk.count
+                    if paced:
+                        time.sleep(self._pause(time.thread_time() - began))
+        except Exception:  # a bug here must not stop the writer, or raise into the event loop
+            self._count_dropped(len(items) - done)
+            logger.exception("collection: could not format %d records", len(items) - done)
+        finally:
+            # The pixels of the images to save stay held, and counted, until the writer has stored them.
+            self._release(sum(item.pixels.nbytes for item in items if not item.request.save_images))
+
+    def _write_chunks(self) -> None:
+        """Everything formatted so far: one object per partition (after its records' images)."""
+        groups: dict[str, list[_Chunk]] = {}
+        for chunk in self._take_chunks():
+            groups.setdefault(chunk.partition, []).append(chunk)
+        for partition, chunks in groups.items():
+            count = sum(chunk.count for chunk in chunks)
+            try:
+                self._write_partition(partition, chunks)
+            except Exception as exc:  # any store failure: these records are lost, the writer goes on
+                self._count_dropped(count)
+                logger.warning("collection: dropped %d records, the store did not take them: %s", count, _one_line(exc))
+            else:
+                self.written += count
+                RECORDS_WRITTEN.labels(self.model).inc(count)
+            finally:
+                self._release(sum(pixels.nbytes for chunk in chunks for _, pixels in chunk.images))
+
+    def _write_partition(self, partition: str, chunks: list[_Chunk]) -> None:
         if not self._root_ready:  # a Blob container is created on first use, and again after a failure
             self.store.ensure_root()
             self._root_ready = True
+        for chunk in chunks:
+            for key, pixels in chunk.images:
+                self.store.write_bytes(key, png_bytes(pixels))
         self._seq += 1
-        name = f"{self.writer}-{self._seq:06d}"
-        chunks = []
-        for start in range(0, len(items), WRITE_SLICE):
-            began = time.thread_time()
-            chunks.append(self._lines(partition, name, items[start:start + WRITE_SLICE]))
-            time.sleep(self._pause(time.thread_time() - began))
-        self.store.write_bytes(join_key(COLLECT_PREFIX, self.model, partition, f"{name}.jsonl"), b"".join(chunks))
+        name = f"{self.writer}-{self._seq:06d}.jsonl"
+        self.store.write_bytes(join_key(COLLECT_PREFIX, self.model, partition, name), b"".join(chunk.lines for chunk in chunks))
 
     def _pause(self, worked_s: float) -> float:
         """How long to sleep after a slice that took ``worked_s`` of this thread's CPU: see WRITE_DUTY."""
@@ -276,7 +353,7 @@ class Collector:
             return 0.0
         return max(WRITE_PAUSE_S, worked_s * (1 / WRITE_DUTY - 1))
 
-    def _lines(self, partition: str, name: str, items: list[_Item]) -> bytes:
+    def _chunk(self, partition: str, items: list[_Item]) -> _Chunk:
         """The JSON lines of ``items``: every number and time computed, rounded and formatted once per slice with
         numpy, so the per-record Python work is one dict and one ``orjson.dumps``."""
         stats = image_stats(np.stack([item.pixels for item in items]))
@@ -285,10 +362,14 @@ class Collector:
         confidence = _rounded(probs[np.arange(len(items)), predicted]).tolist()
         mean, std, hist = _rounded(stats.mean).tolist(), _rounded(stats.std).tolist(), _rounded(stats.hist).tolist()
         times = iso_times(np.array([item.request.time for item in items]))
-        lines = []
+        token = f"{self.writer}-{next(self._chunk_ids):06d}"  # makes the image keys unique
+        lines, images = [], []
         for n, item in enumerate(items):
             request = item.request
             index = int(predicted[n])
+            image = self._image_key(partition, token, item) if request.save_images else None
+            if image is not None:
+                images.append((image, item.pixels))
             lines.append(orjson.dumps({
                 # Exactly the fields of RECORD_FIELDS, in order: the contract with the drift report.
                 "time": times[n],
@@ -303,16 +384,14 @@ class Collector:
                 "predicted": index,
                 "label": request.labels[index],
                 "confidence": confidence[n],
-                "image": self._save_image(partition, name, item) if request.save_images else None,
+                "image": image,
             }, option=orjson.OPT_APPEND_NEWLINE))
-        return b"".join(lines)
+        return _Chunk(partition, b"".join(lines), len(items), images)
 
-    def _save_image(self, partition: str, name: str, item: _Item) -> str:
-        # The request id is the client's (v2): made safe for a key, and made unique by this object's name.
+    def _image_key(self, partition: str, token: str, item: _Item) -> str:
+        # The request id is the client's (v2): made safe for a key, and made unique by the chunk's token.
         request_id = _SAFE_ID.sub("_", item.request.request_id)[:64]
-        key = join_key(COLLECT_PREFIX, self.model, "images", partition, f"{request_id}-{item.index}-{name}.png")
-        self.store.write_bytes(key, png_bytes(item.pixels))
-        return key
+        return join_key(COLLECT_PREFIX, self.model, "images", partition, f"{request_id}-{item.index}-{token}.png")
 
     def _count_dropped(self, count: int) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -30,7 +31,7 @@ from components.monitoring.stats import RECORD_FIELDS, image_stats
 from components.store import LocalStore, open_store
 from serving.__main__ import main as serving_main
 from serving.client import infer_v2_images, predict_v1, predict_v1_images
-from serving.collect import CollectOptions, Collector
+from serving.collect import WRITE_SLICE, CollectOptions, Collector
 from tests.conftest import SERVED_MODEL as MODEL
 from tests.conftest import free_port, ready_server, start_predictor, wait_ready
 
@@ -263,23 +264,24 @@ def records_in(root: Path) -> list[dict[str, Any]]:
 IMAGE_BYTES = 1 * 28 * 28 * 4  # one float32 image of the test model
 
 
-@pytest.mark.parametrize("limit", [
-    {"queue_size": 4},  # 4 records on the queue
-    {"max_queued_bytes": 5 * IMAGE_BYTES},  # 5 images' pixels, "first" (held by the writer) among them
+@pytest.mark.parametrize(("limit", "queued"), [
+    ({"queue_size": 4}, 4),  # 4 records on the queue
+    # 5 images' pixels: "first" is formatted (its pixels released) while the writer waits in the store
+    ({"max_queued_bytes": 5 * IMAGE_BYTES}, 5),
 ])
-def test_a_full_queue_drops_and_counts_without_blocking(tmp_path, limit):
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path, limit, queued):
     store = GatedStore(tmp_path / "store")
     collector = Collector(store, MODEL, CollectOptions(fraction=1.0, batch_records=1, **limit))
     offer(collector, "first")
     assert store.entered.wait(WAIT_S)  # the writer holds "first" and waits in the store: the queue is empty
     began = time.monotonic()
     offer(collector, "burst", n=10)
-    assert time.monotonic() - began < 0.5  # 4 queued, 6 dropped, no waiting (a blocking put would wait for the gate)
-    assert collector.dropped == 6
+    assert time.monotonic() - began < 0.5  # some queued, the rest dropped, no waiting (a blocking put would wait for the gate)
+    assert collector.dropped == 10 - queued
     store.gate.set()
     collector.close()
-    assert collector.written == 5 and [r["request_id"] for r in records_in(store.root)] == ["first"] + ["burst"] * 4
-    assert [r["index"] for r in records_in(store.root)] == [0, 0, 1, 2, 3]
+    assert collector.written == 1 + queued and [r["request_id"] for r in records_in(store.root)] == ["first"] + ["burst"] * queued
+    assert [r["index"] for r in records_in(store.root)] == [0, *range(queued)]
 
 
 def test_sampling_records_the_fraction_asked_for_and_images_of_a_subset(tmp_path):
@@ -341,3 +343,22 @@ def test_a_failed_batch_is_counted_and_the_writer_goes_on(tmp_path):
     collector.close()
     assert (collector.dropped, collector.written) == (3, 2)
     assert [r["request_id"] for r in records_in(store.root)] == ["kept", "kept"]
+
+
+def test_full_slices_are_formatted_on_the_event_loop_and_the_rest_by_the_writer(tmp_path):
+    """In the server, offer() runs on the event loop: each full slice becomes JSON lines there (no second thread
+    takes the GIL for it); what is left over, and every store write, is the writer thread's."""
+    collector = Collector(LocalStore(tmp_path / "store"), MODEL, CollectOptions(fraction=1.0, flush_interval_s=600))
+
+    async def serve() -> int:
+        for i in range(2 * WRITE_SLICE + 7):
+            offer(collector, f"r{i}")
+        for _ in range(3):  # the loop's rounds: the slices scheduled by offer() run
+            await asyncio.sleep(0)
+        return sum(chunk.count for chunk in collector._chunks)
+
+    assert asyncio.run(serve()) == 2 * WRITE_SLICE  # formatted on the loop, not yet written (the writer sleeps)
+    assert len(collector._pending) == 7 and not records_in(tmp_path / "store")
+    collector.close()
+    assert [r["request_id"] for r in records_in(tmp_path / "store")] == [f"r{i}" for i in range(2 * WRITE_SLICE + 7)]
+    assert (collector.written, collector.dropped) == (2 * WRITE_SLICE + 7, 0)
