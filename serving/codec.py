@@ -366,6 +366,13 @@ def v2_outputs(probs: np.ndarray, spec: ServingSpec, top_k: int | None) -> list[
     return outputs
 
 
+def v2_json(response_id: str | None, model_name: str, model_version: str | None, outputs: Sequence[Any]) -> dict[str, Any]:
+    """A v2 JSON answer as KServe's ``to_rest`` writes it, from outputs with ``name``, ``shape``, ``datatype`` and a
+    ``data`` list (:class:`Output` or KServe's ``InferOutput``)."""
+    tensors = [{"name": o.name, "shape": o.shape, "datatype": o.datatype, "data": o.data} for o in outputs]
+    return {"id": response_id, "model_name": model_name, "model_version": model_version, "outputs": tensors}
+
+
 def _output(name: str, array: np.ndarray, datatype: str) -> Output:
     # Data as a flat list: KServe 0.21's gRPC encoder fails on numpy data when the client sent raw
     # (binary) inputs; REST, JSON or binary, takes either. tolist() builds in C the list that

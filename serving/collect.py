@@ -276,21 +276,10 @@ class Collector:
 
     def _take(self, limit: int) -> list[_Item]:
         """Up to ``limit`` items off the front of the queue (the writer's batch, or close()'s leftovers)."""
-        batch: list[_Item] = []
-        while len(batch) < limit:
-            try:
-                batch.append(self._pending.popleft())
-            except IndexError:  # empty
-                break
-        return batch
+        return _popleft(self._pending, limit)
 
     def _take_chunks(self) -> list[_Chunk]:
-        chunks: list[_Chunk] = []
-        while True:
-            try:
-                chunks.append(self._chunks.popleft())
-            except IndexError:
-                break
+        chunks = _popleft(self._chunks, len(self._chunks))
         with self._lock:
             self._chunk_records -= sum(chunk.count for chunk in chunks)
         return chunks
@@ -397,6 +386,17 @@ class Collector:
         with self._lock:
             self.dropped += count
         RECORDS_DROPPED.labels(self.model).inc(count)
+
+
+def _popleft(queue: deque, limit: int) -> list:
+    """Up to ``limit`` items off the front of ``queue``; each popleft is atomic, so another thread may append meanwhile."""
+    taken: list = []
+    while len(taken) < limit:
+        try:
+            taken.append(queue.popleft())
+        except IndexError:  # empty
+            break
+    return taken
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -56,6 +56,7 @@ from serving.codec import (
     has_encoded_images,
     input_types,
     output_types,
+    v2_json,
     v2_outputs,
 )
 from serving.collect import Collector
@@ -189,11 +190,8 @@ class ImageClassifier(Model):
         tensors = [Tensor(t.name, t.datatype, list(t.shape), _tensor_data(t)) for t in request.inputs]
         # gRPC parameters arrive as a protobuf map (empty when none were sent).
         parameters = to_http_parameters(request.parameters) if request.from_grpc else request.parameters
-        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
-        check_requested_outputs([o.name for o in request.request_outputs or ()], batch.top_k)
-        probs = await self.batcher.run(batch.pixels)
-        response_id = request.id or new_request_id()
-        self._collect(batch, probs, response_id)  # recorded under the id the client gets back
+        requested = [o.name for o in request.request_outputs or ()]
+        batch, probs, response_id = await self._run_v2(tensors, parameters, requested, request.id)
         return InferResponse(
             response_id=response_id,
             model_name=self.name,
@@ -204,16 +202,22 @@ class ImageClassifier(Model):
         )
 
     async def _infer_plain(self, request: PlainHeader) -> dict:
-        """``_infer_v2`` for a plain JSON request (no parameters, no requested outputs): the v2 answer as a dict,
-        field for field what :func:`serving.routes.plain_json` makes of ``_infer_v2``'s ``InferResponse``."""
+        """``_infer_v2`` for a plain JSON request (no parameters, no requested outputs): the v2 answer as the dict
+        :func:`serving.routes.plain_json` makes of ``_infer_v2``'s ``InferResponse``."""
         # KServe's InferInput upper-cases the datatype: so does this path.
         tensors = [Tensor(t.name, t.datatype.upper(), t.shape, t.data) for t in request.inputs]
-        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, None, self.spec)
+        batch, probs, response_id = await self._run_v2(tensors, None, [], request.id)
+        return v2_json(response_id, self.name, self.version, v2_outputs(probs, self.spec, batch.top_k))
+
+    async def _run_v2(self, tensors: list[Tensor], parameters: Any, requested: list[str],
+                      request_id: str | None) -> tuple[Batch, np.ndarray, str]:
+        """Decode, forward (batched) and collect a v2 request; its batch, probabilities and the id it is answered under."""
+        batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
+        check_requested_outputs(requested, batch.top_k)
         probs = await self.batcher.run(batch.pixels)
-        response_id = request.id or new_request_id()
-        self._collect(batch, probs, response_id)
-        outputs = [o._asdict() for o in v2_outputs(probs, self.spec, batch.top_k)]
-        return {"id": response_id, "model_name": self.name, "model_version": self.version, "outputs": outputs}
+        response_id = request_id or new_request_id()
+        self._collect(batch, probs, response_id)  # recorded under the id the client gets back
+        return batch, probs, response_id
 
     def _collect(self, batch: Batch, probs: np.ndarray, request_id: str | None) -> None:
         """Offer the answered request to the collector (samples and queues in microseconds; never raises)."""

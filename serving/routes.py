@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from serving import protocol
+from serving.codec import v2_json
 from serving.http_limits import is_byte_count
 
 JSON = "application/json"
@@ -141,8 +142,7 @@ def plain_json(result: Any, headers: dict[str, str]) -> dict | None:
     None where KServe's encoder must do it (binary outputs, requested outputs, CloudEvents, v1)."""
     if not _plain(result, headers) or result._use_binary_outputs:
         return None
-    outputs = [{"name": o.name, "shape": o.shape, "datatype": o.datatype, "data": o.data} for o in result.outputs]
-    return {"id": result.id, "model_name": result.model_name, "model_version": result.model_version, "outputs": outputs}
+    return v2_json(result.id, result.model_name, result.model_version, result.outputs)
 
 
 def plain_binary(result: Any, headers: dict[str, str]) -> tuple[bytes, int] | None:
