@@ -52,8 +52,8 @@ def image_stats(pixels: np.ndarray) -> ImageStats:
     if pixels.ndim != 4:
         raise ValueError(f"expected pixels shaped [N, C, H, W], got shape {list(pixels.shape)}")
     # A few images at a time: glibc serves allocations over 128 KiB with a fresh mmap, so larger temporaries
-    # cost a page fault per 4 KiB on every call (measured on 50 MNIST images per call: 7.7 µs per image in one
-    # chunk against 2.9 µs in chunks under the limit).
+    # cost a page fault per 4 KiB on every call (50 MNIST images in a fresh process: 7.2 µs per image in one call
+    # against 3.2 µs in chunks, benchmarks/request_path.py).
     most = max(1, STATS_CHUNK_BYTES // max(1, 4 * math.prod(pixels.shape[1:])))
     if len(pixels) <= most:
         return _image_stats(pixels)
