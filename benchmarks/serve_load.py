@@ -17,7 +17,8 @@ Prints one table per model from one run:
   request at the highest concurrency, and the highest served/limit(max) each floor leaves each runtime (from
   this checkout's server only, not with ``--server-repo``);
 - with ``--collect``: the same highest-concurrency rows, batching on, with the server collecting every request
-  and a tenth of them (``--collect-uri``, a local folder), against collection off from the same run.
+  and a tenth of them (``--collect-uri``, a local folder), against collection off: three servers side by side,
+  taking turns (see ``collection_rows``).
 
 The server runs as a real process (``python -m serving``); the load comes over HTTP from a separate
 process, closed loop, one connection per concurrent client, a warm-up not counted: ``wrk`` (native, one
@@ -556,34 +557,44 @@ def row(name: str, setup: Setup, c: int, r: dict, limit: tuple[float, float], pr
 
 def collection_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
     """Batching on, one process, the highest concurrency, with the server collecting every request (1.0) and a
-    tenth (0.1) into a local store, and with collection off: what collection costs the request path (a
-    background thread writes). The three servers take turns, ``--collect-rounds`` times, and each row is the
-    median of its rounds: a p99 ratio of two rows measured minutes apart on a shared machine says more about
-    the machine than about collection."""
+    tenth (0.1) into a local store, and with collection off: what collection costs the request path. Each of
+    ``--collect-rounds`` rounds starts the three servers afresh, side by side on the server's core (idle but the
+    one measured), and they take turns row by row; each row is the median of its rounds. Both matter on a shared
+    machine: its speed drifts by 10-20% over tens of seconds, which turns of a few seconds share out evenly, and
+    one server process can run ~10% slower than the next for its whole life, which fresh processes per round
+    and the median even out."""
     rounds: dict[tuple[str, float], list[dict]] = {}
     for r in range(args.collect_rounds):
-        for fraction in (COLLECT_OFF, *COLLECT_FRACTIONS):
-            for name, result in collection_round(folder, setup, kinds, args, scratch / f"round-{r}", fraction).items():
-                rounds.setdefault((name, fraction), []).append(result)
-    return {key: median_row(results) for key, results in rounds.items()}
+        for key, result in collection_round(folder, setup, kinds, args, scratch / f"round-{r}", r).items():
+            rounds.setdefault(key, []).append(result)
+    return {(kind.name, f): median_row(rounds[kind.name, f]) for kind in kinds for f in (COLLECT_OFF, *COLLECT_FRACTIONS)}
 
 
 def collection_round(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path,
-                     fraction: float) -> dict[str, dict]:
-    """One server (collecting ``fraction`` of requests, or not at all), each request kind's row at the highest concurrency."""
+                     turn: int) -> dict[tuple[str, float], dict]:
+    """One round: the three servers started side by side, each request kind's row from each in turn (the order of
+    the servers rotating with ``turn``), then stopped (SIGTERM: a collecting server writes what is still queued)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    store = scratch / f"collected-{folder.name}-{fraction:g}"
-    collect = None if fraction == COLLECT_OFF else (store, fraction)
-    proc, url = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", collect)
+    fractions = (COLLECT_OFF, *COLLECT_FRACTIONS)
+    fractions = fractions[turn % len(fractions):] + fractions[:turn % len(fractions)]
+    stores = {f: scratch / f"collected-{folder.name}-{f:g}" for f in COLLECT_FRACTIONS}
+    servers: dict[float, tuple[subprocess.Popen, str]] = {}
     results = {}
     try:
+        for fraction in fractions:
+            collect = None if fraction == COLLECT_OFF else (stores[fraction], fraction)
+            servers[fraction] = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", collect)
         for i, kind in enumerate(kinds):
-            body = scratch.parent / f"{folder.name}-{i}.json"
-            results[kind.name] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
+            for fraction in fractions:
+                proc, url = servers[fraction]
+                body = scratch.parent / f"{folder.name}-{i}.json"
+                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
     finally:
-        stop_server(proc)  # SIGTERM: the server writes what is still queued before it exits
-    if collect is not None and not any(store.rglob("*.jsonl")):
-        raise RuntimeError(f"expected collected records under {store}, found none: see the server log")
+        for proc, _ in servers.values():
+            stop_server(proc)
+    for store in stores.values():
+        if not any(store.rglob("*.jsonl")):
+            raise RuntimeError(f"expected collected records under {store}, found none: see the server log")
     return results
 
 
