@@ -8,9 +8,9 @@ the ratios less than the absolute figures):
 - the access-log line: written directly against through the logging machinery (both into memory);
 - the per-image statistics collection computes: float32 in place against the float64 computation before, and,
   in a fresh interpreter, in chunks against one call on the whole slice;
-- collection: sampling and queueing one request (the request path; its statistics are the batcher's, computed
-  once beforehand here), and formatting (the event loop's work in the server, a slice at a time) and writing one
-  record (the thread's CPU, no pacing), into a local store in a temporary folder.
+- collection: queueing one request (the request path), and formatting (the event loop's work in the server,
+  a slice at a time) and writing one record (the thread's CPU, no pacing), into a local store in a temporary
+  folder.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.monitoring.stats import HIST_BINS, image_stat_rows, image_stats  # noqa: E402
+from components.monitoring.stats import HIST_BINS, image_stats  # noqa: E402
 from components.store import open_store  # noqa: E402
 from serving import access_log, collect, protocol  # noqa: E402
 from serving.model import new_request_id  # noqa: E402
@@ -67,9 +67,8 @@ def access_row(repeat: int) -> tuple[str, float, float]:
 
 
 def stats_row(repeat: int) -> tuple[str, float, float]:
-    """The per-image statistics of collection on 50 MNIST-sized images (the predictor's batcher computes them for
-    the sampled requests of each forward pass), against the float64 computation they replaced (the same results to
-    ~3e-8), in one call (which the old code took whole)."""
+    """The collection thread's per-image statistics on one slice of MNIST-sized images, against the float64
+    computation they replaced (the same results to ~3e-8), in one call (which the old code took whole)."""
     pixels = np.random.default_rng(3).integers(0, 256, (collect.WRITE_SLICE, 1, 28, 28)).astype(np.float32)
     per_image = 1 / collect.WRITE_SLICE
     return (f"image statistics, per image (slices of {collect.WRITE_SLICE})", best_us(lambda: image_stats(pixels), 1000, repeat) * per_image,
@@ -113,11 +112,10 @@ def collect_rows(records: int) -> list[tuple[str, float, float]]:
         collector = collect.Collector(open_store(folder), "bench", collect.CollectOptions(fraction=1.0, queue_size=records, batch_records=records,
                                                                            max_queued_bytes=2**31, flush_interval_s=3600))
         pixels = np.random.default_rng(2).integers(0, 256, (1, 1, 28, 28)).astype(np.float32)
-        stats, probs = image_stat_rows(pixels), np.full((1, 10), 0.1, np.float32)
-        labels, sent = [str(i) for i in range(10)], ({"shape": [1, 28, 28]},)
+        probs, labels, sent = np.full((1, 10), 0.1, np.float32), [str(i) for i in range(10)], ({"shape": [1, 28, 28]},)
         began = time.perf_counter()
         for n in range(records):
-            collector.offer(collector.sample(), stats, probs, f"r-{n}", "1", labels, sent, pixels)
+            collector.offer(pixels, probs, f"r-{n}", "1", labels, sent)
         offer = (time.perf_counter() - began) / records * 1e6
         batch = collector._take(records)
         pause, collect.WRITE_PAUSE_S, duty, collect.WRITE_DUTY = collect.WRITE_PAUSE_S, 0.0, collect.WRITE_DUTY, 1.0
@@ -129,7 +127,7 @@ def collect_rows(records: int) -> list[tuple[str, float, float]]:
         finally:
             collect.WRITE_PAUSE_S, collect.WRITE_DUTY = pause, duty
             collector.close()
-    return [("collect: sample and queue one request (request path)", offer, float("nan")),
+    return [("collect: queue one request (request path)", offer, float("nan")),
             ("collect: format and write one record (thread CPU)", write, float("nan"))]
 
 

@@ -9,12 +9,6 @@ The forward pass runs on a single worker thread (the event loop keeps accepting 
 meanwhile), and every request gets its own rows. With batching off, each request is one forward pass
 on the same worker thread.
 
-A request may also ask for ``observe``'s rows of its images (:meth:`Batcher.run_observed`: the predictor's
-collection asks for the sampled requests' image statistics). They are computed on the worker thread from the
-batch, in one call for all the requests that asked, just before the forward pass: the images were copied
-together a moment before and are still in the CPU's cache, and the event loop does none of that work. A
-failing ``observe`` costs no request its answer: those requests get ``None`` instead of rows.
-
 Each forward pass's size goes to the Prometheus histogram ``inference_batch_size``, which KServe
 serves on ``/metrics`` next to its own request latencies; with several server processes
 (:mod:`serving.workers`), ``inference_worker_batches_total`` and ``inference_worker_images_total`` say
@@ -36,7 +30,6 @@ from prometheus_client import Counter, Histogram
 from serving.workers import worker_index
 
 Forward = Callable[[np.ndarray], np.ndarray]
-Observe = Callable[[np.ndarray], np.ndarray]  # [N,...] images -> [N, D] rows (one per image)
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = Histogram(
@@ -63,18 +56,15 @@ class BatchingOptions:
 @dataclass
 class _Pending:
     images: np.ndarray
-    future: asyncio.Future  # (forward rows, observe rows or None)
+    future: asyncio.Future
     arrived: float = field(default=0.0)
-    observe: bool = False
 
 
 class Batcher:
-    """Runs ``forward`` (``[N,...] -> [N,K]``) for concurrent callers, batched as ``options`` say; and ``observe``
-    for the callers that ask (see :meth:`run_observed`)."""
+    """Runs ``forward`` (``[N,...] -> [N,K]``) for concurrent callers, batched as ``options`` say."""
 
-    def __init__(self, forward: Forward, options: BatchingOptions, model_name: str, observe: Observe | None = None):
+    def __init__(self, forward: Forward, options: BatchingOptions, model_name: str):
         self.forward = forward
-        self.observe = observe
         self.options = options
         self.model_name = model_name
         # One thread: the model is used by one pass at a time, and the event loop never blocks on it.
@@ -99,21 +89,10 @@ class Batcher:
 
     async def run(self, images: np.ndarray) -> np.ndarray:
         """The forward pass's rows for ``images``, computed alone or together with other requests."""
-        return (await self._submit(images, observe=False))[0]
-
-    async def run_observed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The forward pass's rows for ``images``, and ``observe``'s rows for them (``None`` if it failed),
-        computed on the worker thread with the batch (see the module's docstring)."""
-        if self.observe is None:
-            raise ValueError(f"expected a batcher with an observe function for run_observed, {self.model_name}'s has none")
-        return await self._submit(images, observe=True)
-
-    async def _submit(self, images: np.ndarray, observe: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.options.enabled:
-            outputs, observed = await self._forward_off_loop([images], [observe])
-            return outputs, observed
+            return await self._forward_off_loop([images])
         loop = asyncio.get_running_loop()
-        pending = _Pending(images, loop.create_future(), loop.time(), observe)
+        pending = _Pending(images, loop.create_future(), loop.time())
         self._queue_for(loop).put_nowait(pending)
         return await pending.future
 
@@ -131,25 +110,16 @@ class Batcher:
             self._worker.add_done_callback(_log_unexpected_exit)
         return self._queue
 
-    async def _forward_off_loop(self, parts: list[np.ndarray], observe: list[bool]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The forward rows of all ``parts``, and the observe rows of those flagged in ``observe`` (in their order)."""
-        outputs, observed = await asyncio.get_running_loop().run_in_executor(self._executor, self._concat_forward, parts, observe)
+    async def _forward_off_loop(self, parts: list[np.ndarray]) -> np.ndarray:
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._concat_forward, parts)
         self._sizes.observe(len(outputs))
         self._worker_batches.inc()
         self._worker_images.inc(len(outputs))
-        return outputs, observed
+        return outputs
 
-    def _concat_forward(self, parts: list[np.ndarray], observe: list[bool]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _concat_forward(self, parts: list[np.ndarray]) -> np.ndarray:
         # On the worker thread: the copy into one array costs the event loop nothing.
-        images = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        observed = None
-        if any(observe):  # before the forward pass, while the images just copied are in the cache
-            flagged = images if all(observe) else np.concatenate([p for p, o in zip(parts, observe, strict=True) if o])
-            try:
-                observed = self.observe(flagged)
-            except Exception:  # what is observed is never worth a request's answer
-                logger.exception("batching: observe failed on %d images; their requests are answered without it", len(flagged))
-        return self.forward(images), observed
+        return self.forward(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     async def _serve_batches(self) -> None:
         while True:
@@ -160,21 +130,17 @@ class Batcher:
     async def _run_batch(self, batch: list[_Pending]) -> None:
         """One forward pass for ``batch``; each request gets its rows, or the pass's exception."""
         try:
-            outputs, observed = await self._forward_off_loop([p.images for p in batch], [p.observe for p in batch])
+            outputs = await self._forward_off_loop([p.images for p in batch])
         except Exception as exc:  # the pass failed: every request in it gets the error
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        start = seen = 0  # this request's first row in outputs, and in observed (the observed requests' rows only)
+        start = 0
         for pending in batch:
             end = start + len(pending.images)
-            rows = None
-            if pending.observe and observed is not None:
-                rows = observed[seen : seen + len(pending.images)]
-                seen += len(pending.images)
             if not pending.future.done():  # done: the client went away, nothing to deliver
-                pending.future.set_result((outputs[start:end], rows))
+                pending.future.set_result(outputs[start:end])
             start = end
 
     async def _collect(self) -> list[_Pending]:

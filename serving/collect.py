@@ -1,14 +1,11 @@
 """Inference data collection: what the predictor receives and answers, recorded to a store for monitoring.
 
-:meth:`Collector.sample` decides, before the forward pass, whether a request is recorded (and whether its
-images are saved); the batcher computes a recorded request's per-image statistics
-(:func:`components.monitoring.stats.image_stats`) on its worker thread, from the batch, while the pixels are in
-the cache (:meth:`serving.batching.Batcher.run_observed`). :meth:`Collector.offer` is called on the request path
-once the probabilities are known. It only appends one item per image to a bounded queue (microseconds, never
-blocks, never raises); when the queue is full (``queue_size`` records, or ``max_queued_bytes`` of the pixels of
-images to save) the images are dropped and counted. A record holds no pixels unless its image is saved, so the
-queue's memory does not grow with the size of the images. Each time a slice of records (``WRITE_SLICE``) is
-queued, the event loop turns it into JSON lines between two rounds of its other work. A writer thread wakes every
+:meth:`Collector.offer` is called on the request path once the probabilities are known. It only samples
+and appends one item per image to a bounded queue (microseconds, never blocks, never raises); when the
+queue is full (``queue_size`` records, or ``max_queued_bytes`` of pixels) the images are dropped and
+counted. Each time a slice of records (``WRITE_SLICE``) is queued, the event loop turns it into JSON lines
+between two rounds of its other work: the per-image statistics
+(:func:`components.monitoring.stats.image_stats`) and one line per record. A writer thread wakes every
 ``flush_interval_s``, or as soon as ``batch_records`` records wait, formats what is left over (fewer than a
 slice, or records offered outside an event loop), and writes everything formatted as new JSON-lines objects,
 never rewritten::
@@ -41,7 +38,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -50,17 +46,16 @@ from kserve.logging import KSERVE_LOGGER_NAME
 from PIL import Image
 from prometheus_client import Counter
 
-from components.monitoring.stats import ImageStats
+from components.monitoring.stats import image_stats
 from components.store import Store, join_key
 
 # Under KServe's logger: the server configures only that one (and uvicorn's), and an operator must see these lines.
 logger = logging.getLogger(f"{KSERVE_LOGGER_NAME}.collect")
 
 COLLECT_PREFIX = "collected"
-DEFAULT_QUEUE_SIZE = 10_000  # records; each a few hundred bytes of statistics and answer
-# Pixels of the images to save, held until stored, whatever the model's input size: 10,000 MNIST images are
-# 30 MiB, but 10,000 float32 3x224x224 images would be 6 GiB; past this budget records are dropped like on a
-# full queue.
+DEFAULT_QUEUE_SIZE = 10_000  # records; each holds one preprocessed image until written
+# Pixels held until written, whatever the model's input size: 10,000 MNIST images are 30 MiB, but 10,000
+# float32 3x224x224 images would be 6 GiB; past this budget records are dropped like on a full queue.
 DEFAULT_MAX_QUEUED_BYTES = 256 * 2**20
 DEFAULT_BATCH_RECORDS = 1_000
 DEFAULT_FLUSH_INTERVAL_S = 1.0
@@ -78,14 +73,6 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 RECORDS_WRITTEN = Counter("inference_collect_records", "Collected inference records written to the store", ["model_name"])
 RECORDS_DROPPED = Counter("inference_collect_dropped",
                           "Collected inference records dropped: queue full, or the store failed to take their batch", ["model_name"])
-
-
-class Sample(IntEnum):
-    """What :meth:`Collector.sample` decided for one request (false for SKIP, so ``if sample:`` reads as "recorded")."""
-
-    SKIP = 0
-    RECORD = 1
-    RECORD_AND_SAVE_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -119,18 +106,18 @@ class _Request:
     request_id: str
     version: str | None
     labels: Sequence[str]
+    save_images: bool
 
 
 @dataclass(slots=True)
 class _Item:
-    """One image on the queue: views into the request's arrays, turned into a record by _chunk."""
+    """One image on the queue: views into the request's arrays, turned into a record by the writer."""
 
     request: _Request
     index: int
-    stats: np.ndarray  # float64 [2C + HIST_BINS]: ImageStats.rows()
+    pixels: np.ndarray  # float32 [C, H, W], 0–255
     probs: np.ndarray  # float [K]
     sent: dict[str, Any] | None
-    pixels: np.ndarray | None  # float32 [C, H, W], 0–255: only when the image is saved
 
 
 @dataclass(slots=True)
@@ -159,7 +146,7 @@ class Collector:
         self.writer = writer_id()
         self.written = 0  # records in the store (also RECORDS_WRITTEN); the writer thread adds
         self.dropped = 0  # records lost (also RECORDS_DROPPED); both threads add, under _lock
-        self._queued_bytes = 0  # pixels of images to save, offered and not yet stored (or dropped), under _lock
+        self._queued_bytes = 0  # pixels offered and not yet written (or dropped), under _lock
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         # A deque and a timed wake-up, not a queue.Queue: Queue.put wakes a waiting writer on every request,
@@ -187,47 +174,35 @@ class Collector:
 
     # -- the request path ---------------------------------------------------------------------------------
 
-    def sample(self) -> Sample:
-        """Whether to record the next request, and save its images: one draw per request, recorded below
-        ``fraction``, images saved below the smaller ``images_fraction``. Asked before the forward pass, so that
-        only a recorded request's statistics are computed (:meth:`serving.batching.Batcher.run_observed`)."""
-        draw = self._rng.random()
-        if draw >= self.options.fraction:
-            return Sample.SKIP
-        return Sample.RECORD_AND_SAVE_IMAGES if draw < self.options.images_fraction else Sample.RECORD
-
-    def offer(self, sample: Sample, stats: np.ndarray | None, probs: np.ndarray, request_id: str, version: str | None,
-              labels: Sequence[str], sent: Sequence[dict[str, Any]] | None = None, pixels: np.ndarray | None = None) -> None:
-        """Queue one sampled request: its images' statistics (``ImageStats.rows()``, ``[N, D]``; None where they
-        could not be computed: the images are counted as dropped), answers (``[N,K]``) and, for
-        ``RECORD_AND_SAVE_IMAGES``, its pixels (``float32 [N,C,H,W]`` on 0–255). Never blocks and never raises: a
-        problem here must not fail the request it describes."""
+    def offer(self, pixels: np.ndarray, probs: np.ndarray, request_id: str, version: str | None, labels: Sequence[str],
+              sent: Sequence[dict[str, Any]] | None = None) -> None:
+        """Queue one request's images (``float32 [N,C,H,W]`` on 0–255) and answers (``[N,K]``) if sampled.
+        Never blocks and never raises: a problem here must not fail the request it describes."""
         try:
-            self._offer(sample, stats, probs, request_id, version, labels, sent, pixels)
+            self._offer(pixels, probs, request_id, version, labels, sent)
         except Exception:  # a bug here is logged, never the request's failure
             logger.exception("collection: could not queue request %s", request_id)
 
-    def _offer(self, sample: Sample, stats: np.ndarray | None, probs: np.ndarray, request_id: str, version: str | None,
-               labels: Sequence[str], sent: Sequence[dict[str, Any]] | None, pixels: np.ndarray | None) -> None:
-        if not sample:
+    def _offer(self, pixels: np.ndarray, probs: np.ndarray, request_id: str, version: str | None, labels: Sequence[str],
+               sent: Sequence[dict[str, Any]] | None) -> None:
+        # One draw per request: recorded below `fraction`, images saved below the smaller `images_fraction`.
+        draw = self._rng.random()
+        if draw >= self.options.fraction:
             return
-        if self._closed or stats is None:  # the writer has stopped (nothing queued now would be written), or no statistics
-            self._count_dropped(len(probs))
+        if self._closed:  # the writer has stopped: nothing queued now would be written
+            self._count_dropped(len(pixels))
             return
-        save = sample is Sample.RECORD_AND_SAVE_IMAGES and pixels is not None
-        request = _Request(time.time(), request_id, version, labels)
-        for index in range(len(probs)):
-            image = pixels[index] if save else None
-            if image is not None and not self._reserve(image.nbytes):
-                self._count_dropped(len(probs) - index)
+        request = _Request(time.time(), request_id, version, labels, draw < self.options.images_fraction)
+        for index in range(len(pixels)):
+            item = _Item(request, index, pixels[index], probs[index], sent[index] if sent else None)
+            if not self._reserve(item.pixels.nbytes):
+                self._count_dropped(len(pixels) - index)
                 return
             if len(self._pending) >= self.options.queue_size:
-                if image is not None:
-                    self._release(image.nbytes)
-                self._count_dropped(len(probs) - index)
+                self._release(item.pixels.nbytes)
+                self._count_dropped(len(pixels) - index)
                 return
-            # deque.append is atomic: no lock shared with the writer
-            self._pending.append(_Item(request, index, stats[index], probs[index], sent[index] if sent else None, image))
+            self._pending.append(item)  # deque.append is atomic: no lock shared with the writer
         if len(self._pending) >= WRITE_SLICE and not self._format_scheduled:
             self._schedule_format()
         if len(self._pending) >= self.options.batch_records and not self._wake.is_set():
@@ -310,10 +285,10 @@ class Collector:
         return chunks
 
     def _add_chunks(self, items: list[_Item], paced: bool = False) -> None:
-        """``items`` turned into JSON lines, a slice per chunk, queued for the writer (the pixels of the images to
-        save travel on with the chunk). ``paced``: on the writer thread, see WRITE_DUTY. Never raises: records that
-        cannot be formatted are lost and counted."""
-        done = kept = 0  # records formatted; bytes of pixels that went on with them
+        """``items`` turned into JSON lines, a slice per chunk, queued for the writer; their pixels are released
+        (those of the images to save travel on with the chunk). ``paced``: on the writer thread, see WRITE_DUTY.
+        Never raises: records that cannot be formatted are lost and counted."""
+        done = 0
         try:
             for partition, group in _by_partition(items).items():
                 for start in range(0, len(group), WRITE_SLICE):
@@ -323,14 +298,14 @@ class Collector:
                     with self._lock:
                         self._chunk_records += chunk.count
                     done += chunk.count
-                    kept += sum(pixels.nbytes for _, pixels in chunk.images)
                     if paced:
                         time.sleep(self._pause(time.thread_time() - began))
         except Exception:  # a bug here must not stop the writer, or raise into the event loop
             self._count_dropped(len(items) - done)
-            # The pixels that went on with a chunk are released once stored; those of the lost records now.
-            self._release(sum(item.pixels.nbytes for item in items if item.pixels is not None) - kept)
             logger.exception("collection: could not format %d records", len(items) - done)
+        finally:
+            # The pixels of the images to save stay held, and counted, until the writer has stored them.
+            self._release(sum(item.pixels.nbytes for item in items if not item.request.save_images))
 
     def _write_chunks(self) -> None:
         """Everything formatted so far: one object per partition (after its records' images)."""
@@ -370,7 +345,7 @@ class Collector:
     def _chunk(self, partition: str, items: list[_Item]) -> _Chunk:
         """The JSON lines of ``items``: every number and time computed, rounded and formatted once per slice with
         numpy, so the per-record Python work is one dict and one ``orjson.dumps``."""
-        stats = ImageStats.from_rows(np.stack([item.stats for item in items]))
+        stats = image_stats(np.stack([item.pixels for item in items]))
         probs = np.stack([item.probs for item in items])
         predicted = probs.argmax(axis=1)
         confidence = _rounded(probs[np.arange(len(items)), predicted]).tolist()
@@ -381,7 +356,7 @@ class Collector:
         for n, item in enumerate(items):
             request = item.request
             index = int(predicted[n])
-            image = self._image_key(partition, token, item) if item.pixels is not None else None
+            image = self._image_key(partition, token, item) if request.save_images else None
             if image is not None:
                 images.append((image, item.pixels))
             lines.append(orjson.dumps({

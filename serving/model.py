@@ -13,10 +13,8 @@ The registry version it serves (``version`` in ``MANIFEST.json``, which the regi
 pinned URI fixes) is on every inference answer: the :data:`VERSION_HEADER` header (v1 and v2) and the v2
 ``model_version`` field; :class:`serving.protocol.ValidatingDataPlane` lists it in ``GET /v2/models/NAME``.
 
-With a :class:`serving.collect.Collector`, each request is sampled before its forward pass; a sampled one has
-its images' statistics computed by the batcher with the batch, and is offered to the collector once answered
-(it queues, and writes off the request path); ``stop()``, which KServe calls when SIGTERM stops the server,
-flushes it.
+With a :class:`serving.collect.Collector`, every answered request is offered to it (it samples, queues and
+writes off the request path); ``stop()``, which KServe calls when SIGTERM stops the server, flushes it.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ from kserve.protocol.infer_type import to_http_parameters
 
 from components.imagefile import MAX_IMAGE_PIXELS
 from components.modelfile import MANIFEST_FILE, ModelCard, load_card, sha256_file, verify_manifest
-from components.monitoring.stats import image_stat_rows
 from components.registry import materialize, split_pinned
 from components.runtimes import AUTO, PLATFORMS, Runtime, decide_runtime, load_runtime
 from serving.batching import Batcher, BatchingOptions
@@ -62,7 +59,7 @@ from serving.codec import (
     v2_json,
     v2_outputs,
 )
-from serving.collect import Collector, Sample
+from serving.collect import Collector
 from serving.protocol import PlainHeader, binary_values
 
 logger = logging.getLogger(__name__)
@@ -106,7 +103,7 @@ class ImageClassifier(Model):
             self.runtime = load_runtime(folder, self.card, choice.runtime, device, self.threads)
         self.spec = ServingSpec.from_card(self.card, self.max_instances, self.max_request_pixels)
         self.forward(np.zeros((1, *self.card.input_shape), dtype=np.float32))  # a model that cannot run is not ready
-        self.batcher = Batcher(self.forward, self.batching, self.name, observe=image_stat_rows)
+        self.batcher = Batcher(self.forward, self.batching, self.name)
         logger.info("%s; %s on %s, runtime %s (%s); batching %s", load_summary(self.name, self.model_uri, self.manifest, digest),
                     self.card.arch, device, choice.runtime, choice.reason, self.batching)
         self.ready = True
@@ -176,7 +173,8 @@ class ImageClassifier(Model):
 
     async def _predict_v1(self, payload: Any) -> dict:
         batch = await self._decode(decode_v1, has_encoded_images(payload), payload, self.spec)
-        probs = await self._forward_and_collect(batch, None)
+        probs = await self.batcher.run(batch.pixels)
+        self._collect(batch, probs, None)
         return encode_v1(probs, self.spec, batch.top_k)
 
     async def _decode(self, decode: Callable[..., Batch], images: bool, *args: Any) -> Batch:
@@ -216,21 +214,16 @@ class ImageClassifier(Model):
         """Decode, forward (batched) and collect a v2 request; its batch, probabilities and the id it is answered under."""
         batch: Batch = await self._decode(decode_v2, any(t.name == BYTES_INPUT for t in tensors), tensors, parameters, self.spec)
         check_requested_outputs(requested, batch.top_k)
+        probs = await self.batcher.run(batch.pixels)
         response_id = request_id or new_request_id()
-        probs = await self._forward_and_collect(batch, response_id)  # recorded under the id the client gets back
+        self._collect(batch, probs, response_id)  # recorded under the id the client gets back
         return batch, probs, response_id
 
-    async def _forward_and_collect(self, batch: Batch, request_id: str | None) -> np.ndarray:
-        """The batch's probabilities; a request the collector samples also gets its images' statistics from the
-        batcher, and is offered to the collector (which queues in microseconds and never raises)."""
-        sample = self.collector.sample() if self.collector is not None else Sample.SKIP
-        if not sample:
-            return await self.batcher.run(batch.pixels)
-        probs, stats = await self.batcher.run_observed(batch.pixels)
-        # v1 carries no id: one is made up. Request headers (x-request-id included) are never recorded.
-        self.collector.offer(sample, stats, probs, request_id or new_request_id(), self.version, self.spec.class_names,
-                             batch.sent, batch.pixels)
-        return probs
+    def _collect(self, batch: Batch, probs: np.ndarray, request_id: str | None) -> None:
+        """Offer the answered request to the collector (samples and queues in microseconds; never raises)."""
+        if self.collector is not None:
+            # v1 carries no id: one is made up. Request headers (x-request-id included) are never recorded.
+            self.collector.offer(batch.pixels, probs, request_id or new_request_id(), self.version, self.spec.class_names, batch.sent)
 
 
 @dataclass(frozen=True)

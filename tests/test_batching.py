@@ -101,65 +101,6 @@ def test_forward_passes_run_on_one_worker_thread_while_the_event_loop_stays_free
     assert recorder.threads == {"unit-offloop-forward_0"}
 
 
-class Observer:
-    """An observe function: each image's first pixel as its row (traceable), recording what it was given."""
-
-    def __init__(self, fail: bool = False):
-        self.calls: list[list[float]] = []
-        self.threads: set[str] = set()
-        self.fail = fail
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        self.calls.append(images[:, 0, 0, 0].tolist())
-        self.threads.add(threading.current_thread().name)
-        if self.fail:
-            raise RuntimeError("observe broke")
-        return images[:, :1, 0, 0].astype(np.float64)
-
-
-def run_observed(batcher: Batcher, batch: list[np.ndarray], observe: list[bool]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    async def one(images: np.ndarray, observed: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        return await batcher.run_observed(images) if observed else (await batcher.run(images), None)
-
-    async def main():
-        try:
-            return await asyncio.gather(*(one(images, o) for images, o in zip(batch, observe, strict=True)))
-        finally:
-            batcher.close()
-
-    return asyncio.run(main())
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_observed_requests_get_their_own_images_rows_computed_once_per_batch_on_the_worker_thread(enabled):
-    recorder, observer, batch = Recorder(), Observer(), requests_of([2, 1, 3, 1])
-    batcher = Batcher(recorder, BatchingOptions(enabled, max_batch_size=8, max_wait_ms=10_000), f"unit-observe-{enabled}", observe=observer)
-    results = run_observed(batcher, batch, [True, False, True, False])
-    for images, (rows, observed), asked in zip(batch, results, [True, False, True, False], strict=True):
-        np.testing.assert_array_equal(rows, images.reshape(len(images), -1).sum(axis=1, keepdims=True))
-        if asked:
-            np.testing.assert_array_equal(observed, images[:, :1, 0, 0])  # its own images' rows, in order
-        else:
-            assert observed is None
-    # Only the images of the requests that asked, in one call per forward pass that has any.
-    assert observer.calls == ([[0, 1, 20, 21, 22]] if enabled else [[0, 1], [20, 21, 22]])
-    assert observer.threads == recorder.threads == {f"unit-observe-{enabled}-forward_0"}
-
-
-def test_a_failing_observe_costs_no_request_its_answer():
-    recorder, observer, batch = Recorder(), Observer(fail=True), requests_of([1, 2])
-    batcher = Batcher(recorder, BatchingOptions(True, max_batch_size=8, max_wait_ms=10_000), "unit-observe-fails", observe=observer)
-    results = run_observed(batcher, batch, [True, True])
-    assert [observed for _, observed in results] == [None, None] and [len(rows) for rows, _ in results] == [1, 2]
-
-
-def test_run_observed_needs_an_observe_function():
-    batcher = Batcher(Recorder(), BatchingOptions(True), "unit-observe-none")
-    with pytest.raises(ValueError, match="observe function"):
-        asyncio.run(batcher.run_observed(requests_of([1])[0]))
-    batcher.close()
-
-
 def test_a_failing_forward_pass_fails_its_requests_and_the_next_batch_still_runs():
     calls = []
 

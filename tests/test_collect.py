@@ -27,11 +27,11 @@ from PIL import Image
 from components.blob_store import CONNECTION_STRING_ENV
 from components.errors import StoreError
 from components.imagefile import decode_fit
-from components.monitoring.stats import RECORD_FIELDS, image_stat_rows, image_stats
+from components.monitoring.stats import RECORD_FIELDS, image_stats
 from components.store import LocalStore, open_store
 from serving.__main__ import main as serving_main
 from serving.client import infer_v2_images, predict_v1, predict_v1_images
-from serving.collect import WRITE_SLICE, CollectOptions, Collector, Sample
+from serving.collect import WRITE_SLICE, CollectOptions, Collector
 from tests.conftest import SERVED_MODEL as MODEL
 from tests.conftest import free_port, ready_server, start_predictor, wait_ready
 
@@ -252,13 +252,9 @@ class FailingOnceStore(LocalStore):
 
 
 def offer(collector: Collector, request_id: str, n: int = 1, seed: int = 0) -> None:
-    """One request as the predictor offers it: sampled first, then its statistics (the batcher's, in the server)."""
     probs = np.full((n, 10), 0.05)
     probs[:, 3] = 0.55
-    images = pixels(n, seed)
-    sample = collector.sample()
-    collector.offer(sample, image_stat_rows(images) if sample else None, probs, request_id, "7", [str(d) for d in range(10)],
-                    [{"shape": [1, 28, 28]}] * n, images)
+    collector.offer(pixels(n, seed), probs, request_id, "7", [str(d) for d in range(10)], [{"shape": [1, 28, 28]}] * n)
 
 
 def records_in(root: Path) -> list[dict[str, Any]]:
@@ -270,9 +266,8 @@ IMAGE_BYTES = 1 * 28 * 28 * 4  # one float32 image of the test model
 
 @pytest.mark.parametrize(("limit", "queued"), [
     ({"queue_size": 4}, 4),  # 4 records on the queue
-    ({"queue_size": 4, "max_queued_bytes": IMAGE_BYTES}, 4),  # records that save no image hold no pixels
-    # 5 images to save: "first"'s is held, and counted, while the writer stores it
-    ({"images_fraction": 1.0, "max_queued_bytes": 5 * IMAGE_BYTES}, 4),
+    # 5 images' pixels: "first" is formatted (its pixels released) while the writer waits in the store
+    ({"max_queued_bytes": 5 * IMAGE_BYTES}, 5),
 ])
 def test_a_full_queue_drops_and_counts_without_blocking(tmp_path, limit, queued):
     store = GatedStore(tmp_path / "store")
@@ -344,10 +339,9 @@ def test_a_failed_batch_is_counted_and_the_writer_goes_on(tmp_path):
     while collector.dropped == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     offer(collector, "kept", n=2)
-    collector.offer(Sample.RECORD, None, np.zeros((2, 10)), "no stats", None, [])  # counted as dropped
-    collector.offer(Sample.RECORD, 5, None, "broken", None, [])  # not arrays at all: logged, never raised into the request
+    collector.offer(None, None, "broken", None, [])  # not arrays at all: logged, never raised into the request
     collector.close()
-    assert (collector.dropped, collector.written) == (3 + 2, 2)
+    assert (collector.dropped, collector.written) == (3, 2)
     assert [r["request_id"] for r in records_in(store.root)] == ["kept", "kept"]
 
 

@@ -46,17 +46,6 @@ class ImageStats:
     std: np.ndarray  # float64 [N, C], 0–1
     hist: np.ndarray  # float64 [N, HIST_BINS], each row sums to 1
 
-    def rows(self) -> np.ndarray:
-        """One row per image, ``mean | std | hist`` side by side (float64 ``[N, 2C + HIST_BINS]``): how the
-        predictor's batcher hands each request its images' statistics."""
-        return np.concatenate([self.mean, self.std, self.hist], axis=1)
-
-    @classmethod
-    def from_rows(cls, rows: np.ndarray) -> ImageStats:
-        """The statistics :meth:`rows` laid side by side."""
-        channels = (rows.shape[1] - HIST_BINS) // 2
-        return cls(mean=rows[:, :channels], std=rows[:, channels : 2 * channels], hist=rows[:, 2 * channels :])
-
 
 def image_stats(pixels: np.ndarray) -> ImageStats:
     """Statistics of ``[N, C, H, W]`` pixels on the 0–255 scale (uint8 shards or the predictor's float32 batch)."""
@@ -73,14 +62,9 @@ def image_stats(pixels: np.ndarray) -> ImageStats:
     return ImageStats(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "std", "hist")))
 
 
-def image_stat_rows(pixels: np.ndarray) -> np.ndarray:
-    """:func:`image_stats` as :meth:`ImageStats.rows`: the predictor's batcher computes these for the sampled requests."""
-    return image_stats(pixels).rows()
-
-
 def _image_stats(pixels: np.ndarray) -> ImageStats:
-    # float32 working arrays, updated in place, sums accumulated in float64: the predictor's batcher runs this
-    # on its worker thread just before the forward pass, on the same core, and float64 temporaries (four of them, 1.2 MB per 50
+    # float32 working arrays, updated in place, sums accumulated in float64: the predictor's collection thread
+    # runs this beside the forward pass on the same core, and float64 temporaries (four of them, 1.2 MB per 50
     # MNIST images) cost 3x the time and push the model out of the cache. Means and stds agree with a float64
     # computation to ~3e-8, far below the six decimals recorded; histograms are identical.
     n, c = pixels.shape[:2]
