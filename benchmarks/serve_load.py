@@ -17,8 +17,9 @@ Prints one table per model from one run:
   request at the highest concurrency, and the highest served/limit(max) each floor leaves each runtime (from
   this checkout's server only, not with ``--server-repo``);
 - with ``--collect``: the same highest-concurrency rows, batching on, with the server collecting every request
-  and a tenth of them (``--collect-uri``, a local folder), against collection off: three servers side by side,
-  taking turns (see ``collection_rows``).
+  and a tenth of them (``--collect-uri``, a local folder), against collection off: the servers side by side,
+  taking turns, with a second collection-off server whose ratio to the first (A/A) is the method's noise in
+  that run (see ``collection_rows``).
 
 The server runs as a real process (``python -m serving``); the load comes over HTTP from a separate
 process, closed loop, one connection per concurrent client, a warm-up not counted: ``wrk`` (native, one
@@ -71,8 +72,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "bench"
 CONCURRENCY = (1, 16, 64)
-COLLECT_FRACTIONS = (1.0, 0.1)
-COLLECT_OFF = 0.0  # in the collection rows: the same server with collection off, measured in turn with the others
+# The collection rows' servers, by label: the fraction of requests each collects (0: off). The second server with
+# collection off measures nothing but the method's noise: its ratio to the first (an A/A comparison) says how
+# far apart two identical servers read in this run, the scale the collection ratios are read against.
+COLLECT_BASE = "off"
+COLLECT_SERVERS = {COLLECT_BASE: 0.0, "off (a second server: A/A)": 0.0, "1": 1.0, "0.1": 0.1}
 # Among the server flags: "this server runs several processes" (an older one accepts only --workers 1).
 MULTI_PROCESS = "(--workers N)"
 
@@ -481,13 +485,13 @@ def bench_model(model: Model, args: argparse.Namespace, scratch: Path) -> list[s
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, setup, c), r in results.items():
         lines.append(row(name, setup, c, r, limits[setup.runtime], setup.processes))
-    for (name, fraction), r in collected.items():
-        label = f"{name}, collect {'off' if fraction == COLLECT_OFF else f'{fraction:g}'} (median of {args.collect_rounds})"
-        lines.append(row(label, Setup(runtimes[0], 1), args.concurrency[-1], r, limits[runtimes[0]], 1))
+    for (name, label), runs in collected.items():
+        lines.append(row(f"{name}, collect {label} (median of {len(runs)})", Setup(runtimes[0], 1), args.concurrency[-1],
+                         median_row(runs), limits[runtimes[0]], 1))
     lines += verdicts(model, kinds, results, limits, args)
     lines += floor_lines(floors, limits, args)
-    lines += [collection_verdict(name, fraction, r, collected[name, COLLECT_OFF])
-              for (name, fraction), r in collected.items() if fraction != COLLECT_OFF]
+    lines += [collection_verdict(name, label, runs, collected[name, COLLECT_BASE])
+              for (name, label), runs in collected.items() if label != COLLECT_BASE]
     return lines
 
 
@@ -557,38 +561,38 @@ def row(name: str, setup: Setup, c: int, r: dict, limit: tuple[float, float], pr
 
 def collection_rows(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path) -> dict:
     """Batching on, one process, the highest concurrency, with the server collecting every request (1.0) and a
-    tenth (0.1) into a local store, and with collection off: what collection costs the request path. Each of
-    ``--collect-rounds`` rounds starts the three servers afresh, side by side on the server's core (idle but the
-    one measured), and they take turns row by row; each row is the median of its rounds. Both matter on a shared
-    machine: its speed drifts by 10-20% over tens of seconds, which turns of a few seconds share out evenly, and
-    one server process can run ~10% slower than the next for its whole life, which fresh processes per round
-    and the median even out."""
-    rounds: dict[tuple[str, float], list[dict]] = {}
+    tenth (0.1) into a local store, and with collection off (twice: see COLLECT_SERVERS): what collection costs
+    the request path. Each of ``--collect-rounds`` rounds starts the servers afresh, side by side on the server's
+    core (idle but the one measured), and they take turns row by row. Both matter on a shared machine: its speed
+    drifts by 10-20% over tens of seconds, which turns of a few seconds share out evenly, and one server process
+    can run ~10% slower than the next for its whole life, which fresh processes per round even out. Returns, per
+    (request kind, server label), each round's result."""
+    rounds: dict[tuple[str, str], list[dict]] = {(kind.name, label): [] for kind in kinds for label in COLLECT_SERVERS}
     for r in range(args.collect_rounds):
         for key, result in collection_round(folder, setup, kinds, args, scratch / f"round-{r}", r).items():
-            rounds.setdefault(key, []).append(result)
-    return {(kind.name, f): median_row(rounds[kind.name, f]) for kind in kinds for f in (COLLECT_OFF, *COLLECT_FRACTIONS)}
+            rounds[key].append(result)
+    return rounds
 
 
 def collection_round(folder: Path, setup: Setup, kinds: list[Request], args: argparse.Namespace, scratch: Path,
-                     turn: int) -> dict[tuple[str, float], dict]:
-    """One round: the three servers started side by side, each request kind's row from each in turn (the order of
-    the servers rotating with ``turn``), then stopped (SIGTERM: a collecting server writes what is still queued)."""
+                     turn: int) -> dict[tuple[str, str], dict]:
+    """One round: the servers started side by side, each request kind's row from each in turn (their order
+    rotating with ``turn``), then stopped (SIGTERM: a collecting server writes what is still queued)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    fractions = (COLLECT_OFF, *COLLECT_FRACTIONS)
-    fractions = fractions[turn % len(fractions):] + fractions[:turn % len(fractions)]
-    stores = {f: scratch / f"collected-{folder.name}-{f:g}" for f in COLLECT_FRACTIONS}
-    servers: dict[float, tuple[subprocess.Popen, str]] = {}
+    labels = list(COLLECT_SERVERS)
+    labels = labels[turn % len(labels):] + labels[:turn % len(labels)]
+    stores = {label: scratch / f"collected-{folder.name}-{i}" for i, label in enumerate(labels) if COLLECT_SERVERS[label]}
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
     results = {}
     try:
-        for fraction in fractions:
-            collect = None if fraction == COLLECT_OFF else (stores[fraction], fraction)
-            servers[fraction] = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{fraction:g}.log", collect)
-        for i, kind in enumerate(kinds):
-            for fraction in fractions:
-                proc, url = servers[fraction]
-                body = scratch.parent / f"{folder.name}-{i}.json"
-                results[kind.name, fraction] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
+        for i, label in enumerate(labels):
+            collect = (stores[label], COLLECT_SERVERS[label]) if label in stores else None
+            servers[label] = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{i}.log", collect)
+        for k, kind in enumerate(kinds):
+            for label in labels:
+                proc, url = servers[label]
+                body = scratch.parent / f"{folder.name}-{k}.json"
+                results[kind.name, label] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -604,10 +608,15 @@ def median_row(results: list[dict]) -> dict:
     return {**merged, "errors": sum(r["errors"] for r in results)}
 
 
-def collection_verdict(name: str, fraction: float, on: dict, off: dict) -> str:
-    """The monitoring issue's target: with collection, req/s and p99 within 10% of the same row without it."""
-    return (f"{name}, collect {fraction:g}: req/s {on['rps'] / off['rps']:.2f}x of collection off (target >= 0.90), "
-            f"p99 {on['p99'] / off['p99']:.2f}x (target <= 1.10), errors {on['errors']}")
+def collection_verdict(name: str, label: str, server: list[dict], base: list[dict]) -> str:
+    """The monitoring issue's target: with collection, req/s and p99 within 10% of the same row without it. Each
+    ratio is the median of the rounds' ratios (the servers of one round shared the machine's same moments)."""
+    rps = float(np.median([on["rps"] / off["rps"] for on, off in zip(server, base, strict=True)]))
+    p99 = float(np.median([on["p99"] / off["p99"] for on, off in zip(server, base, strict=True)]))
+    rounds = f"errors {sum(r['errors'] for r in server)} (median of {len(server)} rounds' ratios)"
+    if COLLECT_SERVERS[label] == 0:
+        return f"{name}, a second server, collection off (A/A, the method's noise): req/s {rps:.2f}x, p99 {p99:.2f}x, {rounds}"
+    return f"{name}, collect {label}: req/s {rps:.2f}x of collection off (target >= 0.90), p99 {p99:.2f}x (target <= 1.10), {rounds}"
 
 
 def verdicts(model: Model, kinds: list[Request], results: dict, limits: dict, args: argparse.Namespace) -> list[str]:
