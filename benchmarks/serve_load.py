@@ -564,9 +564,9 @@ def collection_rows(folder: Path, setup: Setup, kinds: list[Request], args: argp
     tenth (0.1) into a local store, and with collection off (twice: see COLLECT_SERVERS): what collection costs
     the request path. Each of ``--collect-rounds`` rounds starts the servers afresh, side by side on the server's
     core (idle but the one measured), and they take turns row by row. Both matter on a shared machine: its speed
-    drifts by 10-20% over tens of seconds, which turns of a few seconds share out evenly, and one server process
-    can run ~10% slower than the next for its whole life, which fresh processes per round even out. Returns, per
-    (request kind, server label), each round's result."""
+    drifts over tens of seconds, which turns of a few seconds share out evenly, and one server process can run
+    slower than the next for its whole life, which fresh processes per round even out (the A/A ratio shows what
+    is left). Returns, per (request kind, server label), each round's result."""
     rounds: dict[tuple[str, str], list[dict]] = {(kind.name, label): [] for kind in kinds for label in COLLECT_SERVERS}
     for r in range(args.collect_rounds):
         for key, result in collection_round(folder, setup, kinds, args, scratch / f"round-{r}", r).items():
