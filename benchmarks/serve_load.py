@@ -589,9 +589,9 @@ def collection_round(folder: Path, setup: Setup, kinds: list[Request], args: arg
             collect = (stores[label], COLLECT_SERVERS[label]) if label in stores else None
             servers[label] = start_server(folder, setup, args, scratch / f"{folder.name}-collect-{i}.log", collect)
         for k, kind in enumerate(kinds):
+            body = scratch.parent / f"{folder.name}-{k}.json"
             for label in labels:
                 proc, url = servers[label]
-                body = scratch.parent / f"{folder.name}-{k}.json"
                 results[kind.name, label] = run_load(proc, url, kind.path, body, args.concurrency[-1], args, placement(args.pin).load)
     finally:
         for proc, _ in servers.values():
@@ -611,8 +611,10 @@ def median_row(results: list[dict]) -> dict:
 def collection_verdict(name: str, label: str, server: list[dict], base: list[dict]) -> str:
     """The monitoring issue's target: with collection, req/s and p99 within 10% of the same row without it. Each
     ratio is the median of the rounds' ratios (the servers of one round shared the machine's same moments)."""
-    rps = float(np.median([on["rps"] / off["rps"] for on, off in zip(server, base, strict=True)]))
-    p99 = float(np.median([on["p99"] / off["p99"] for on, off in zip(server, base, strict=True)]))
+    def ratio(figure: str) -> float:
+        return float(np.median([on[figure] / off[figure] for on, off in zip(server, base, strict=True)]))
+
+    rps, p99 = ratio("rps"), ratio("p99")
     rounds = f"errors {sum(r['errors'] for r in server)} (median of {len(server)} rounds' ratios)"
     if COLLECT_SERVERS[label] == 0:
         return f"{name}, a second server, collection off (A/A, the method's noise): req/s {rps:.2f}x, p99 {p99:.2f}x, {rounds}"
